@@ -1,0 +1,61 @@
+# Cloud AI Lab. `make lab` to take the course, `make test` to test it. Both set up .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+LABCLOUD := $(VENV)/bin/labcloud
+LINTED := shared tests solutions labs conftest.py
+
+.PHONY: lab test course lint format labs reference bench up down clean help
+
+help:
+	@echo "make lab        start the local cloud and JupyterLab on the course (first run installs .venv)"
+	@echo "make test       lint, then run every test (unit, local cloud, notebooks)"
+	@echo "make course     run every solution notebook headless and print a table"
+	@echo "make labs       regenerate labs/ from solutions/"
+	@echo "make reference  re-execute the reference notebooks in solutions/executed/"
+	@echo "make bench      measure the local cloud against its performance budget"
+	@echo "make down       stop the local cloud"
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	$(LABCLOUD) jupyter-settings
+	touch $(STAMP)
+
+lab: $(STAMP)
+	$(LABCLOUD) up
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) labs/
+
+test: $(STAMP) lint
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix $(LINTED)
+	$(VENV)/bin/ruff format $(LINTED)
+
+course: $(STAMP)
+	$(LABCLOUD) course
+
+labs: $(STAMP)
+	$(LABCLOUD) build-labs
+
+reference: $(STAMP)
+	$(LABCLOUD) reference
+
+bench: $(STAMP)
+	$(PY) -m labcloud.bench
+
+up: $(STAMP)
+	$(LABCLOUD) up
+
+down: $(STAMP)
+	$(LABCLOUD) down
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

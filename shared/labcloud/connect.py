@@ -1,0 +1,157 @@
+"""`labcloud.connect(backend)`: the one call a notebook makes before it uses a cloud SDK.
+
+- "local": start (or find) the local cloud and point this kernel's SDKs at it, with fake credentials.
+- "aws" / "gcp" / "azure": change no endpoint; check that credentials exist (saying what is missing) and arm
+  the cost guard with the notebook's budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+
+from .localcloud import control
+from .localcloud.state import ServerInfo
+from .pricing.guard import CostGuard, arm_aws
+
+BACKENDS = ("local", "aws", "gcp", "azure")
+DEFAULT_REGION = "us-east-1"
+DEFAULT_BUDGET_USD = 10.0
+
+# Variables that would send a kernel's SDK calls somewhere other than where `connect` says.
+_AWS_OVERRIDES = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+class CredentialsMissing(RuntimeError):
+    pass
+
+
+@dataclass
+class Connection:
+    backend: str
+    region: str
+    env: dict[str, str] = field(default_factory=dict)
+    server: ServerInfo | None = None
+    guard: CostGuard | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.backend == "local"
+
+    def costs(self):
+        """What the actions so far would have cost on the real cloud, as a DataFrame."""
+        import pandas as pd
+
+        if self.server is None:
+            rows = [e.__dict__ for e in (self.guard.allowed if self.guard else [])]
+            return pd.DataFrame(rows, columns=["action", "usd", "detail"])
+        with control._opener.open(f"{self.server.url}/_labcloud/costs", timeout=5) as response:
+            lines = json.load(response)["lines"]
+        columns = ["cloud", "service", "action", "resource", "quantity", "unit", "usd", "price_key"]
+        return pd.DataFrame(lines, columns=columns + ["first_at", "last_at"])[columns]
+
+    def __repr__(self) -> str:
+        where = self.server.url if self.server else "the real cloud"
+        budget = f", budget ${self.guard.budget_usd:,.2f}" if self.guard else ""
+        return f"<labcloud {self.backend!r} at {where}, region {self.region}{budget}>"
+
+
+def connect(backend: str = "local", *, budget_usd: float | None = None, region: str = DEFAULT_REGION) -> Connection:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == "local":
+        return _connect_local(region, budget_usd)
+    _forget_local_wiring()
+    check = {
+        "aws": _aws_credentials_problem,
+        "gcp": _gcp_credentials_problem,
+        "azure": _azure_credentials_problem,
+    }
+    if problem := check[backend]():
+        raise CredentialsMissing(f"connect({backend!r}): {problem}")
+    guard = CostGuard(DEFAULT_BUDGET_USD if budget_usd is None else budget_usd)
+    arm_aws(guard if backend == "aws" else None)
+    return Connection(backend, region, guard=guard)
+
+
+def local_environment(server: ServerInfo, region: str = DEFAULT_REGION) -> dict[str, str]:
+    """The environment that points the SDKs at the local cloud (also what `labcloud env` prints)."""
+    no_proxy = ",".join(sorted({*filter(None, os.environ.get("NO_PROXY", "").split(",")), "127.0.0.1", "localhost"}))
+    return {
+        "LABCLOUD_BACKEND": "local",
+        "LABCLOUD_URL": server.url,
+        "AWS_ENDPOINT_URL": server.url,
+        # Fake credentials: the local cloud accepts any, and they can never reach a real account.
+        "AWS_ACCESS_KEY_ID": "labcloud",
+        "AWS_SECRET_ACCESS_KEY": "labcloud-local-only",
+        "AWS_DEFAULT_REGION": region,
+        "AWS_REGION": region,
+        "NO_PROXY": no_proxy,
+        "no_proxy": no_proxy,
+    }
+
+
+def _connect_local(region: str, budget_usd: float | None) -> Connection:
+    server = control.start()
+    env = local_environment(server, region)
+    for name in _AWS_OVERRIDES:
+        os.environ.pop(name, None)
+    os.environ.update(env)
+    guard = CostGuard(budget_usd) if budget_usd is not None else None  # opt-in locally, to practise with
+    arm_aws(guard)
+    return Connection("local", region, env=env, server=server, guard=guard)
+
+
+def _forget_local_wiring() -> None:
+    if os.environ.get("LABCLOUD_BACKEND") == "local":
+        for name in (
+            "LABCLOUD_BACKEND",
+            "LABCLOUD_URL",
+            "AWS_ENDPOINT_URL",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+        ):
+            os.environ.pop(name, None)
+
+
+def _aws_credentials_problem() -> str | None:
+    import boto3
+
+    session = boto3.Session()
+    if session.get_credentials() is None:
+        return (
+            "no AWS credentials found. Run `aws configure` or `aws sso login`, or set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), then connect again."
+        )
+    if session.region_name is None:
+        return "no AWS region set. Set AWS_DEFAULT_REGION (e.g. us-east-1) or a region in your AWS profile."
+    return None
+
+
+def _gcp_credentials_problem() -> str | None:
+    import google.auth
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        _, project = google.auth.default()
+    except DefaultCredentialsError:
+        return (
+            "no Google Cloud credentials found. Run `gcloud auth application-default login`, or set "
+            "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file."
+        )
+    if not (project or os.environ.get("GOOGLE_CLOUD_PROJECT")):
+        return "no Google Cloud project set. Set GOOGLE_CLOUD_PROJECT or run `gcloud config set project ID`."
+    return None
+
+
+def _azure_credentials_problem() -> str | None:
+    missing = [name for name in ("AZURE_SUBSCRIPTION_ID",) if not os.environ.get(name)]
+    has_service_principal = all(os.environ.get(n) for n in ("AZURE_TENANT_ID", "AZURE_CLIENT_ID"))
+    has_cli = shutil.which("az") is not None
+    if not (has_service_principal or has_cli or os.environ.get("IDENTITY_ENDPOINT")):
+        missing.append("a credential (run `az login`, or set AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET)")
+    if missing:
+        return "missing " + " and ".join(missing) + "."
+    return None

@@ -1,0 +1,92 @@
+"""The AWS front door of the local cloud: moto for what it does well, our own handlers for what it does not.
+
+Later services register handlers with `intercept(service, action, handler)` for the calls they make real
+(training jobs that run, endpoints that serve, Lambdas that cold-start); every other request goes to moto.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from functools import cache
+from http import HTTPStatus
+
+from moto.backends import get_backend
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+from ...pricing.catalog import ServicePrices
+from ...pricing.ledger import CostLedger
+from .errors import Response, aws_error
+from .metering import request_cost
+from .persistence import MotoSnapshots
+from .requests import AwsRequest, classify
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[AwsRequest, dict], Response]
+
+
+@cache
+def has_moto_backend(service: str | None) -> bool:
+    """Whether moto keeps state for this signing name (so it is snapshotted)."""
+    try:
+        return service is not None and get_backend(service) is not None
+    except (ImportError, AttributeError):
+        return False
+
+
+class AwsGateway:
+    def __init__(self, snapshots: MotoSnapshots, ledger: CostLedger, prices: ServicePrices, lock: threading.RLock):
+        self._moto = DomainDispatcherApplication(create_backend_app)
+        self._snapshots = snapshots
+        self._ledger = ledger
+        self._prices = prices
+        self._lock = lock
+        self._handlers: dict[tuple[str, str], Handler] = {}
+
+    def intercept(self, service: str, action: str, handler: Handler) -> None:
+        self._handlers[(service, action)] = handler
+
+    def __call__(self, environ: dict, start_response) -> list[bytes]:
+        request = classify(environ)
+        try:
+            status, headers, body = self._dispatch(request, environ)
+        except Exception as exc:  # a bad request must never bring the local cloud down
+            log.exception("AWS %s %s failed", request.service, request.action)
+            status, headers, body = aws_error(
+                request.protocol,
+                500,
+                "InternalFailure",
+                f"The local cloud could not handle this request: {exc}",
+            )
+        if status < 400:
+            self._meter(request)
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        return [body]
+
+    def _dispatch(self, request: AwsRequest, environ: dict) -> Response:
+        handler = self._handlers.get((request.service or "", request.action or ""))
+        if handler is not None:
+            return handler(request, environ)
+        return self._call_moto(request, environ)
+
+    def _call_moto(self, request: AwsRequest, environ: dict) -> Response:
+        captured: dict = {}
+
+        def capture(status: str, headers: list, exc_info=None):
+            captured["status"], captured["headers"] = int(status.split()[0]), headers
+
+        with self._lock:  # moto's models are not thread-safe, and snapshots must see a consistent state
+            chunks = self._moto(environ, capture)
+            body = b"".join(chunks)
+            if hasattr(chunks, "close"):
+                chunks.close()
+            if request.mutating and has_moto_backend(request.service):
+                self._snapshots.mark_dirty(request.service)
+        return captured["status"], captured["headers"], body
+
+    def _meter(self, request: AwsRequest) -> None:
+        line = request_cost(request, self._prices)
+        if line is not None:
+            self._ledger.add(line)

@@ -1,0 +1,79 @@
+"""Tell which AWS service and action a raw HTTP request is for, the way the real front door does.
+
+The service comes from the signature's credential scope (`Credential=KEY/DATE/REGION/SERVICE/aws4_request`,
+in the Authorization header or a presigned URL's query string); the action from `X-Amz-Target` (JSON
+protocols), the `Action` form field (query protocol), or the method and path (REST protocols).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+_SCOPE = re.compile(r"Credential=[^/\s,]+/\d{8}/([^/\s,]+)/([^/\s,]+)/aws4_request")
+_QUERY_SCOPE = re.compile(r"X-Amz-Credential=[^&]*?(?:/|%2F)\d{8}(?:/|%2F)([^/&%]+)(?:/|%2F)([^/&%]+)")
+
+# Signing names that differ from the botocore service name.
+_SIGNING_TO_SERVICE = {"monitoring": "cloudwatch", "email": "ses"}
+
+_S3_READS = {"GET": "GetObject", "HEAD": "HeadObject"}
+_S3_WRITES = {"PUT": "PutObject", "POST": "PostObject", "DELETE": "DeleteObject"}
+
+
+@dataclass(frozen=True)
+class AwsRequest:
+    service: str | None
+    action: str | None
+    protocol: str  # json | query | rest-xml | rest-json
+    region: str
+    method: str
+    path: str
+
+    @property
+    def mutating(self) -> bool:
+        """Whether the request may change stored state (and so the state must be saved again)."""
+        if self.protocol in ("rest-xml", "rest-json"):
+            return self.method not in ("GET", "HEAD", "OPTIONS")
+        return not (self.action or "").startswith(("Get", "List", "Describe", "Head"))
+
+
+def read_body(environ: dict) -> bytes:
+    """Read the request body once and put it back, so that the next WSGI app can read it again."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    body = environ["wsgi.input"].read(length) if length > 0 else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    return body
+
+
+def classify(environ: dict) -> AwsRequest:
+    method = environ.get("REQUEST_METHOD", "GET")
+    path = environ.get("PATH_INFO", "/")
+    region, signing_name = _credential_scope(environ)
+    service = _SIGNING_TO_SERVICE.get(signing_name, signing_name)
+
+    if target := environ.get("HTTP_X_AMZ_TARGET"):
+        return AwsRequest(service, target.rsplit(".", 1)[-1], "json", region, method, path)
+
+    content_type = environ.get("CONTENT_TYPE", "")
+    if method == "POST" and content_type.startswith("application/x-www-form-urlencoded"):
+        form = parse_qs(read_body(environ).decode("utf-8", "replace"))
+        if "Action" in form:
+            return AwsRequest(service, form["Action"][0], "query", region, method, path)
+
+    if service == "s3":
+        action = _S3_READS.get(method) or _S3_WRITES.get(method)
+        return AwsRequest(service, action, "rest-xml", region, method, path)
+    return AwsRequest(service, None, "rest-json", region, method, path)
+
+
+def _credential_scope(environ: dict) -> tuple[str, str | None]:
+    match = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", "")) or _QUERY_SCOPE.search(environ.get("QUERY_STRING", ""))
+    if not match:
+        return "us-east-1", None
+    return match.group(1), match.group(2)

@@ -1,0 +1,129 @@
+"""The local cloud process: one process on loopback that serves the clouds' wire protocols.
+
+Run by `labcloud up` (through `control.start`) as `python -m labcloud.localcloud.server --state DIR`.
+It binds the asked port, or a free one when that is taken, writes `server.json` for clients, restores the
+saved state, and on SIGTERM saves the state, stops its children and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+from werkzeug.serving import make_server
+
+from .. import __version__
+from ..pricing.catalog import load_service_prices
+from ..pricing.ledger import CostLedger
+from .admin import PREFIX, AdminApi
+from .aws.gateway import AwsGateway
+from .aws.persistence import MotoSnapshots
+from .state import ServerInfo, StateDir
+
+log = logging.getLogger("labcloud.localcloud")
+
+LOOPBACK = "127.0.0.1"
+DEFAULT_PORT = 4570
+
+
+def bind_socket(host: str, port: int, strict: bool = False) -> socket.socket:
+    """Bind `port` on loopback; if it is taken, a free port (unless `strict`)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        if strict or exc.errno != errno.EADDRINUSE:
+            sock.close()
+            raise
+        log.warning("port %s is taken; using a free port instead", port)
+        sock.bind((host, 0))
+    sock.listen(128)
+    return sock
+
+
+class LocalCloud:
+    def __init__(self, state_dir: Path, host: str = LOOPBACK, port: int = DEFAULT_PORT, strict_port: bool = False):
+        self.state = StateDir(state_dir)
+        self.state.path.mkdir(parents=True, exist_ok=True)
+        self.host, self.port, self.strict_port = host, port, strict_port
+        self._moto_lock = threading.RLock()
+        self.snapshots = MotoSnapshots(self.state.sub("aws"), self._moto_lock)
+        self.ledger = CostLedger(self.state.path / "costs.json")
+        self.aws = AwsGateway(self.snapshots, self.ledger, load_service_prices(), self._moto_lock)
+        self.admin = AdminApi(str(self.state.path), self.ledger, self._services)
+        self._server = None
+        self._restored: list[str] = []
+
+    def _services(self) -> list[str]:
+        return ["aws"]
+
+    def app(self, environ: dict, start_response):
+        if environ.get("PATH_INFO", "").startswith(PREFIX):
+            return self.admin(environ, start_response)
+        return self.aws(environ, start_response)
+
+    def start(self) -> ServerInfo:
+        self._restored = self.snapshots.restore()
+        sock = bind_socket(self.host, self.port, self.strict_port)
+        self._server = make_server(self.host, sock.getsockname()[1], self.app, threaded=True, fd=sock.fileno())
+        self._server.daemon_threads = True
+        self.snapshots.start()
+        info = ServerInfo(
+            pid=os.getpid(),
+            host=self.host,
+            port=self._server.server_address[1],
+            state_dir=str(self.state.path),
+            started_at=time.time(),
+            version=__version__,
+        )
+        self.state.write_info(info)
+        log.info("local cloud on %s (state %s; restored %s)", info.url, info.state_dir, self._restored or "nothing")
+        return info
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever(poll_interval=0.2)
+
+    def stop(self) -> None:
+        """Save everything and stop serving. Safe to call from a signal handler's thread."""
+        self.snapshots.stop()
+        self.ledger.save()
+        self.state.clear_info(os.getpid())
+        if self._server is not None:
+            threading.Thread(target=self._server.shutdown, daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="labcloud-server", description=__doc__)
+    parser.add_argument("--state", required=True, type=Path)
+    parser.add_argument("--host", default=LOOPBACK, help="loopback only; the local cloud is never exposed")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--strict-port", action="store_true", help="fail instead of taking a free port")
+    args = parser.parse_args(argv)
+    if not args.host.startswith("127.") and args.host != "localhost":
+        parser.error("the local cloud listens on loopback only")
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    cloud = LocalCloud(args.state, args.host, args.port, args.strict_port)
+    cloud.start()
+
+    def on_signal(signum, frame):
+        log.info("signal %s: saving state and stopping", signum)
+        cloud.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    cloud.serve_forever()
+    log.info("stopped")
+
+
+if __name__ == "__main__":
+    main()
