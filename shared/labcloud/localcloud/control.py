@@ -92,6 +92,31 @@ def start(state_dir: Path | None = None, port: int | None = None, timeout: float
     )
 
 
+@contextlib.contextmanager
+def scratch_cloud(prefix: str = "labcloud-scratch-"):
+    """A local cloud of its own, on a free port with a temporary state folder, for tests and reference runs.
+
+    LABCLOUD_HOME and LABCLOUD_PORT point at it while the block runs, so notebook kernels started inside
+    inherit it and never touch the learner's cloud; it is stopped and its folder removed afterwards.
+    """
+    import shutil
+    import tempfile
+
+    saved = {name: os.environ.get(name) for name in ("LABCLOUD_HOME", "LABCLOUD_PORT")}
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ.update(LABCLOUD_HOME=str(home), LABCLOUD_PORT="0")
+    try:
+        yield start(home)
+    finally:
+        stop(home)
+        shutil.rmtree(home, ignore_errors=True)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def stop(state_dir: Path | None = None, timeout: float = 15.0) -> bool:
     """Stop the local cloud and all its children, saving its state first. False when none was running."""
     state = StateDir(state_dir or state_home())
