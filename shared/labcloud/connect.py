@@ -24,6 +24,18 @@ DEFAULT_BUDGET_USD = 10.0
 _AWS_OVERRIDES = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
+_METER_COLUMNS = ["cloud", "service", "action", "resource", "quantity", "unit", "usd", "price_key"]
+
+
+def _meter_lines(server: ServerInfo) -> list[dict]:
+    with control._opener.open(f"{server.url}/_labcloud/costs", timeout=5) as response:
+        return json.load(response)["lines"]
+
+
+def _meter_key(line: dict) -> tuple:
+    return tuple(line[c] for c in _METER_COLUMNS if c not in ("quantity", "usd"))
+
+
 class CredentialsMissing(RuntimeError):
     pass
 
@@ -35,22 +47,30 @@ class Connection:
     env: dict[str, str] = field(default_factory=dict)
     server: ServerInfo | None = None
     guard: CostGuard | None = None
+    # The meter's totals when this connection was made: costs() shows what this notebook spent, not earlier runs.
+    baseline: dict[tuple, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def is_local(self) -> bool:
         return self.backend == "local"
 
-    def costs(self):
-        """What the actions so far would have cost on the real cloud, as a DataFrame."""
+    def costs(self, since_connect: bool = True):
+        """What the actions would have cost on the real cloud, as a DataFrame: since this connection was made,
+        or everything the local cloud has metered with `since_connect=False`."""
         import pandas as pd
 
         if self.server is None:
             rows = [e.__dict__ for e in (self.guard.allowed if self.guard else [])]
             return pd.DataFrame(rows, columns=["action", "usd", "detail"])
-        with control._opener.open(f"{self.server.url}/_labcloud/costs", timeout=5) as response:
-            lines = json.load(response)["lines"]
-        columns = ["cloud", "service", "action", "resource", "quantity", "unit", "usd", "price_key"]
-        return pd.DataFrame(lines, columns=columns + ["first_at", "last_at"])[columns]
+        rows = []
+        for line in _meter_lines(self.server):
+            quantity, usd = line["quantity"], line["usd"]
+            if since_connect:
+                before_quantity, before_usd = self.baseline.get(_meter_key(line), (0, 0.0))
+                quantity, usd = quantity - before_quantity, usd - before_usd
+            if quantity > 0:
+                rows.append({**line, "quantity": quantity, "usd": usd})
+        return pd.DataFrame(rows, columns=_METER_COLUMNS)
 
     def __repr__(self) -> str:
         where = self.server.url if self.server else "the real cloud"
@@ -101,7 +121,8 @@ def _connect_local(region: str, budget_usd: float | None) -> Connection:
     os.environ.update(env)
     guard = CostGuard(budget_usd) if budget_usd is not None else None  # opt-in locally, to practise with
     arm_aws(guard)
-    return Connection("local", region, env=env, server=server, guard=guard)
+    baseline = {_meter_key(line): (line["quantity"], line["usd"]) for line in _meter_lines(server)}
+    return Connection("local", region, env=env, server=server, guard=guard, baseline=baseline)
 
 
 def _forget_local_wiring() -> None:

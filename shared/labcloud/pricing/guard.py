@@ -58,6 +58,11 @@ class CostGuard:
             raise BudgetExceeded(estimate.action, estimate.usd, self.spent_usd, self.budget_usd)
         self.allowed.append(estimate)
 
+    def forget(self, estimate: Estimate) -> None:
+        """Take back an estimate whose call failed, so it no longer counts against the budget."""
+        if estimate in self.allowed:
+            self.allowed.remove(estimate)
+
     # --- AWS -----------------------------------------------------------------------------------------------
 
     def estimate_aws(self, operation: str, params: dict) -> Estimate | None:
@@ -69,17 +74,26 @@ class CostGuard:
         except UnknownInstanceType as exc:
             log.warning("cost guard: %s; %s is not estimated", exc, operation)
             return None
+        except (KeyError, TypeError, ValueError) as exc:
+            # A shape the estimator does not read (e.g. RunInstances from a launch template): let the call through.
+            log.warning("cost guard: cannot read the instance type of %s (%r); it is not estimated", operation, exc)
+            return None
 
     def _hourly(self, instance_type: str, service: str, spot: bool = False) -> float:
         return self.catalog.get(instance_type, service=service).hourly(spot=spot)
 
     def _training_job(self, params: dict) -> Estimate:
         resources = params.get("ResourceConfig", {})
-        count = int(resources.get("InstanceCount", 1))
+        # A heterogeneous cluster lists InstanceGroups instead of one InstanceType/InstanceCount.
+        groups = resources.get("InstanceGroups") or [resources]
         hours = params.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", DEFAULT_MAX_RUNTIME_S) / 3600
         spot = bool(params.get("EnableManagedSpotTraining"))
-        usd = self._hourly(resources["InstanceType"], "sagemaker-training", spot) * count * hours
-        detail = f"{count} x {resources['InstanceType']} for up to {hours:g} h{' (spot)' if spot else ''}"
+        usd, parts = 0.0, []
+        for group in groups:
+            count = int(group.get("InstanceCount", 1))
+            usd += self._hourly(group["InstanceType"], "sagemaker-training", spot) * count * hours
+            parts.append(f"{count} x {group['InstanceType']}")
+        detail = f"{' + '.join(parts)} for up to {hours:g} h{' (spot)' if spot else ''}"
         return Estimate("sagemaker:CreateTrainingJob", usd, detail)
 
     def _endpoint_config(self, params: dict) -> Estimate:
@@ -122,7 +136,13 @@ def arm_aws(guard: CostGuard | None) -> None:
             if _active_guard is not None:
                 estimate = _active_guard.estimate_aws(operation_name, api_params)
                 if estimate is not None:
-                    _active_guard.check(estimate)
+                    guard = _active_guard
+                    guard.check(estimate)
+                    try:
+                        return _original_make_api_call(client, operation_name, api_params)
+                    except Exception:
+                        guard.forget(estimate)  # a rejected request spends nothing
+                        raise
             return _original_make_api_call(client, operation_name, api_params)
 
         BaseClient._make_api_call = guarded

@@ -18,6 +18,8 @@ _CW_PUT = ("aws.cloudwatch.put_metric_data_per_1000", 1000)
 
 def _price_ref(request: AwsRequest) -> tuple[str, int] | None:
     if request.service == "s3":
+        if request.method == "DELETE":
+            return None  # S3 does not charge for DELETE requests
         return _S3_READ if request.method in ("GET", "HEAD") else _S3_WRITE
     if request.service == "sqs":
         return _SQS

@@ -18,8 +18,26 @@ _QUERY_SCOPE = re.compile(r"X-Amz-Credential=[^&]*?(?:/|%2F)\d{8}(?:/|%2F)([^/&%
 # Signing names that differ from the botocore service name.
 _SIGNING_TO_SERVICE = {"monitoring": "cloudwatch", "email": "ses"}
 
-_S3_READS = {"GET": "GetObject", "HEAD": "HeadObject"}
-_S3_WRITES = {"PUT": "PutObject", "POST": "PostObject", "DELETE": "DeleteObject"}
+# S3 REST actions by (method, addressed to an object?); path-style addressing, which the local endpoint gets.
+_S3_ACTIONS = {
+    ("GET", True): "GetObject",
+    ("HEAD", True): "HeadObject",
+    ("PUT", True): "PutObject",
+    ("POST", True): "PostObject",
+    ("DELETE", True): "DeleteObject",
+    ("GET", False): "ListObjects",
+    ("HEAD", False): "HeadBucket",
+    ("PUT", False): "CreateBucket",
+    ("POST", False): "DeleteObjects",
+    ("DELETE", False): "DeleteBucket",
+}
+
+
+def _s3_action(method: str, path: str) -> str | None:
+    segments = [s for s in path.split("/") if s]
+    if not segments:
+        return "ListBuckets" if method == "GET" else None
+    return _S3_ACTIONS.get((method, len(segments) > 1))
 
 
 @dataclass(frozen=True)
@@ -67,8 +85,7 @@ def classify(environ: dict) -> AwsRequest:
             return AwsRequest(service, form["Action"][0], "query", region, method, path)
 
     if service == "s3":
-        action = _S3_READS.get(method) or _S3_WRITES.get(method)
-        return AwsRequest(service, action, "rest-xml", region, method, path)
+        return AwsRequest(service, _s3_action(method, path), "rest-xml", region, method, path)
     return AwsRequest(service, None, "rest-json", region, method, path)
 
 
