@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 lab: $(STAMP)
 	$(LABCLOUD) up
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) labs/
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.root_dir=$(CURDIR) labs/
 
 test: $(STAMP) lint
 	$(PY) -m pytest
