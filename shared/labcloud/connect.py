@@ -11,10 +11,14 @@ import json
 import os
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .localcloud import control
+from .localcloud.aws.context import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
 from .localcloud.state import ServerInfo
 from .pricing.guard import CostGuard, arm_aws
+from .wiring.aws import CONFIG_VARIABLE as AWS_SDK_CONFIG_VARIABLE
+from .wiring.aws import wire as wire_aws
 
 BACKENDS = ("local", "aws", "gcp", "azure")
 DEFAULT_REGION = "us-east-1"
@@ -104,8 +108,8 @@ def local_environment(server: ServerInfo, region: str = DEFAULT_REGION) -> dict[
         "LABCLOUD_URL": server.url,
         "AWS_ENDPOINT_URL": server.url,
         # Fake credentials: the local cloud accepts any, and they can never reach a real account.
-        "AWS_ACCESS_KEY_ID": "labcloud",
-        "AWS_SECRET_ACCESS_KEY": "labcloud-local-only",
+        "AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY,
         "AWS_DEFAULT_REGION": region,
         "AWS_REGION": region,
         "NO_PROXY": no_proxy,
@@ -119,6 +123,7 @@ def _connect_local(region: str, budget_usd: float | None) -> Connection:
     for name in _AWS_OVERRIDES:
         os.environ.pop(name, None)
     os.environ.update(env)
+    env.update(wire_aws(Path(server.state_dir)))
     guard = CostGuard(budget_usd) if budget_usd is not None else None  # opt-in locally, to practise with
     arm_aws(guard)
     baseline = {_meter_key(line): (line["quantity"], line["usd"]) for line in _meter_lines(server)}
@@ -133,6 +138,7 @@ def _forget_local_wiring() -> None:
             "AWS_ENDPOINT_URL",
             "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY",
+            AWS_SDK_CONFIG_VARIABLE,  # the local cloud's SageMaker defaults
         ):
             os.environ.pop(name, None)
 

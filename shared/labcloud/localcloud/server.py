@@ -20,11 +20,14 @@ from pathlib import Path
 from werkzeug.serving import make_server
 
 from .. import __version__
-from ..pricing.catalog import load_service_prices
+from ..pricing.catalog import load_catalog, load_service_prices
 from ..pricing.ledger import CostLedger
 from .admin import PREFIX, AdminApi
+from .aws.context import AwsContext
 from .aws.gateway import AwsGateway
 from .aws.persistence import MotoSnapshots
+from .aws.services import register_all
+from .processes import ChildProcesses
 from .state import ServerInfo, StateDir
 
 log = logging.getLogger("labcloud.localcloud")
@@ -58,6 +61,16 @@ class LocalCloud:
         self.snapshots = MotoSnapshots(self.state.sub("aws"), self._moto_lock)
         self.ledger = CostLedger(self.state.path / "costs.json")
         self.aws = AwsGateway(self.snapshots, self.ledger, load_service_prices(), self._moto_lock)
+        self.aws_context = AwsContext(
+            state_dir=self.state.sub("aws-services"),
+            lock=self._moto_lock,
+            ledger=self.ledger,
+            catalog=load_catalog(),
+            children=ChildProcesses(),
+            call_moto=self.aws.call_moto,
+            mark_dirty=self.snapshots.mark_dirty,
+        )
+        self.aws_services = register_all(self.aws, self.aws_context)
         self.admin = AdminApi(str(self.state.path), self.ledger, self._services)
         self._server = None
         self._restored: list[str] = []
@@ -84,6 +97,7 @@ class LocalCloud:
             started_at=time.time(),
             version=__version__,
         )
+        self.aws_context.started(info.url)
         self.state.write_info(info)
         log.info("local cloud on %s (state %s; restored %s)", info.url, info.state_dir, self._restored or "nothing")
         return info
@@ -92,7 +106,8 @@ class LocalCloud:
         self._server.serve_forever(poll_interval=0.2)
 
     def stop(self) -> None:
-        """Save everything and stop serving. Safe to call from a signal handler's thread."""
+        """Stop the learners' processes, save everything and stop serving. Safe to call from a signal handler."""
+        self.aws_context.shutdown()
         self.snapshots.stop()
         self.ledger.save()
         self.state.clear_info(os.getpid())

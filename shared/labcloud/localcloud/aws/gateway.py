@@ -71,6 +71,10 @@ class AwsGateway:
             return handler(request, environ)
         return self._call_moto(request, environ)
 
+    def call_moto(self, request: AwsRequest, environ: dict) -> Response:
+        """moto's answer to a request (handlers use it to validate and store, then add what moto lacks)."""
+        return self._call_moto(request, environ)
+
     def _call_moto(self, request: AwsRequest, environ: dict) -> Response:
         captured: dict = {}
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import dataclass
-from urllib.parse import parse_qs
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, unquote
 
 _SCOPE = re.compile(r"Credential=[^/\s,]+/\d{8}/([^/\s,]+)/([^/\s,]+)/aws4_request")
 _QUERY_SCOPE = re.compile(r"X-Amz-Credential=[^&]*?(?:/|%2F)\d{8}(?:/|%2F)([^/&%]+)(?:/|%2F)([^/&%]+)")
@@ -40,6 +40,40 @@ def _s3_action(method: str, path: str) -> str | None:
     return _S3_ACTIONS.get((method, len(segments) > 1))
 
 
+# REST-JSON operations the local cloud makes real, by signing name, method and path (from botocore's models).
+# sagemaker-runtime signs as "sagemaker" and bedrock-runtime as "bedrock", so the path tells them apart.
+_REST_ROUTES = [
+    (service, method, re.compile(pattern), action)
+    for service, method, pattern, action in [
+        ("sagemaker", "POST", r"^/endpoints/(?P<EndpointName>[^/]+)/invocations$", "InvokeEndpoint"),
+        ("bedrock", "POST", r"^/model/(?P<modelId>[^/]+)/invoke$", "InvokeModel"),
+        ("bedrock", "POST", r"^/model/(?P<modelId>[^/]+)/converse$", "Converse"),
+        ("lambda", "POST", r"^/2015-03-31/functions$", "CreateFunction"),
+        ("lambda", "DELETE", r"^/2015-03-31/functions/(?P<FunctionName>[^/]+)$", "DeleteFunction"),
+        ("lambda", "POST", r"^/2015-03-31/functions/(?P<FunctionName>[^/]+)/invocations$", "Invoke"),
+        ("lambda", "PUT", r"^/2015-03-31/functions/(?P<FunctionName>[^/]+)/code$", "UpdateFunctionCode"),
+        (
+            "lambda",
+            "PUT",
+            r"^/2019-09-30/functions/(?P<FunctionName>[^/]+)/provisioned-concurrency$",
+            "PutProvisionedConcurrencyConfig",
+        ),
+        (
+            "lambda",
+            "GET",
+            r"^/2019-09-30/functions/(?P<FunctionName>[^/]+)/provisioned-concurrency$",
+            "GetProvisionedConcurrencyConfig",
+        ),
+        (
+            "lambda",
+            "DELETE",
+            r"^/2019-09-30/functions/(?P<FunctionName>[^/]+)/provisioned-concurrency$",
+            "DeleteProvisionedConcurrencyConfig",
+        ),
+    ]
+]
+
+
 @dataclass(frozen=True)
 class AwsRequest:
     service: str | None
@@ -48,6 +82,7 @@ class AwsRequest:
     region: str
     method: str
     path: str
+    path_params: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def mutating(self) -> bool:
@@ -86,6 +121,10 @@ def classify(environ: dict) -> AwsRequest:
 
     if service == "s3":
         return AwsRequest(service, _s3_action(method, path), "rest-xml", region, method, path)
+    for route_service, route_method, pattern, action in _REST_ROUTES:
+        if route_service == service and route_method == method and (match := pattern.match(path)):
+            params = {k: unquote(v) for k, v in match.groupdict().items()}
+            return AwsRequest(service, action, "rest-json", region, method, path, params)
     return AwsRequest(service, None, "rest-json", region, method, path)
 
 
