@@ -385,7 +385,7 @@ def test_connect_local_with_a_budget_stops_an_expensive_training_job_before_it_i
     assert error.value.estimate_usd == pytest.approx(4 * 24 * P4D_TRAINING)
     assert f"${4 * 24 * P4D_TRAINING:,.2f}" in str(error.value)
     assert sagemaker.list_training_jobs(NameContains=big)["TrainingJobSummaries"] == []
-    with pytest.raises(ClientError, match="Could not find training job"):
+    with pytest.raises(ClientError, match="Requested resource not found"):
         sagemaker.describe_training_job(TrainingJobName=big)
     assert cloud.guard.allowed == []
 

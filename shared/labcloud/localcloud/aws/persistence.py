@@ -2,7 +2,9 @@
 
 moto keeps every service's state in a module-level `BackendDict`. We pickle the dicts of the services that
 changed (at most every `interval` seconds, and once more at shutdown) and load them back in place at start.
-Locks and conditions inside moto's models cannot be pickled; they are stored as fresh ones.
+Locks and conditions inside moto's models cannot be pickled; they are stored as fresh ones. Weak-valued
+dicts are stored with their current items (their values are kept alive elsewhere in the same backend), and a
+defaultdict whose factory is a lambda returning an empty dict, list or set as one with that type as factory.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import logging
 import os
 import pickle
 import threading
+import weakref
+from collections import defaultdict
 from pathlib import Path
 
 from moto.backends import get_backend
@@ -32,6 +36,12 @@ class _StatePickler(pickle.Pickler):
             return threading.Condition, ()
         if isinstance(obj, threading.Event):
             return threading.Event, ()
+        if isinstance(obj, weakref.WeakValueDictionary):  # moto's Lambda index of functions by ARN
+            return weakref.WeakValueDictionary, (dict(obj),)
+        if isinstance(obj, defaultdict) and getattr(obj.default_factory, "__name__", "") == "<lambda>":
+            empty = obj.default_factory()  # e.g. moto's defaultdict(lambda: {}): store it as defaultdict(dict)
+            if type(empty) in (dict, list, set) and not empty:
+                return defaultdict, (type(empty), dict(obj))
         return NotImplemented
 
 

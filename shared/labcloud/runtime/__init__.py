@@ -1,0 +1,1 @@
+"""Running learners' code under the clouds' container contracts."""
