@@ -1,0 +1,204 @@
+"""Benchmark rows for the services the local cloud really executes: SageMaker training and hosting, Lambda.
+
+Each is measured through the unmodified SDKs, as a notebook calls them, against the targets in DESIGN.md:
+- `fit()` of a trivial script: what it adds over the same script run directly (budget 1 s);
+- `deploy()` of a small model on one instance, until InService (budget 3 s);
+- `predict()` through the local cloud against a direct POST to the same model server (budget: 3 ms more);
+- Lambda invoke, cold (a new worker: spawn and import) and warm.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+from .bench import Lab, Row, timed
+
+FIT_RUNS, DEPLOY_RUNS = 5, 3
+PREDICT_ITERATIONS, PREDICT_WARMUP = 300, 30
+LAMBDA_COLD, LAMBDA_WARM = 8, 100
+FIT_OVERHEAD_BUDGET_S, DEPLOY_BUDGET_S, PREDICT_OVERHEAD_BUDGET_S = 1.0, 3.0, 0.003
+
+TRIVIAL_SCRIPT = """\
+import os, pathlib
+pathlib.Path(os.environ["SM_MODEL_DIR"], "done.txt").write_text("trained")
+print("trained")
+"""
+INFERENCE_SCRIPT = """\
+import json, os
+
+def model_fn(model_dir):
+    with open(os.path.join(model_dir, "weights.json")) as f:
+        return json.load(f)
+
+def input_fn(body, content_type):
+    return json.loads(body)["inputs"]
+
+def predict_fn(inputs, model):
+    return {"score": sum(w * x for w, x in zip(model["weights"], inputs)) + model["bias"]}
+
+def output_fn(prediction, accept):
+    return json.dumps(prediction)
+"""
+HANDLER = "def lambda_handler(event, context):\n    return {'echo': event}\n"
+
+
+def _connect(lab: Lab):
+    """Point this process's SDKs at the benchmark's shared local cloud, as `connect("local")` does."""
+    import labcloud
+
+    os.environ["LABCLOUD_HOME"] = lab.cloud.state_dir
+    return labcloud.connect("local")
+
+
+def sagemaker_fit(lab: Lab) -> list[Row]:
+    _connect(lab)
+    import sagemaker
+    from sagemaker.pytorch import PyTorch
+
+    source = Path(tempfile.mkdtemp(dir=lab.root))
+    (source / "train.py").write_text(TRIVIAL_SCRIPT)
+    role = sagemaker.get_execution_role()
+    overheads, fits, directs = [], [], []
+    for _ in range(FIT_RUNS):
+        direct = _run_directly(source / "train.py")
+        estimator = PyTorch(
+            entry_point="train.py",
+            source_dir=str(source),
+            role=role,
+            instance_type="ml.m5.xlarge",
+            instance_count=1,
+            framework_version="2.1.0",
+            py_version="py310",
+        )
+        fit = timed(lambda estimator=estimator: estimator.fit(logs=False, wait=True))
+        if estimator.latest_training_job.describe()["TrainingJobStatus"] != "Completed":
+            raise RuntimeError("the benchmark's training job did not complete")
+        directs.append(direct)
+        fits.append(fit)
+        overheads.append(fit - direct)
+    return [
+        Row("fit() of a trivial script", fits),
+        Row("  the same script run directly", directs),
+        Row("  fit() overhead over the script", overheads, FIT_OVERHEAD_BUDGET_S),
+    ]
+
+
+def _run_directly(script: Path) -> float:
+    with tempfile.TemporaryDirectory() as model_dir:
+        env = {**os.environ, "SM_MODEL_DIR": model_dir}
+        return timed(lambda: subprocess.run([sys.executable, str(script)], env=env, check=True, capture_output=True))
+
+
+def sagemaker_deploy_and_predict(lab: Lab) -> list[Row]:
+    _connect(lab)
+    import boto3
+    import sagemaker
+    import urllib3
+    from sagemaker.deserializers import JSONDeserializer
+    from sagemaker.pytorch import PyTorchModel
+    from sagemaker.serializers import JSONSerializer
+
+    model_data = _upload_model(boto3.client("s3"))
+    code = Path(tempfile.mkdtemp(dir=lab.root))
+    (code / "inference.py").write_text(INFERENCE_SCRIPT)
+    role = sagemaker.get_execution_role()
+    deploys, predictor = [], None
+    for run in range(DEPLOY_RUNS):
+        if predictor is not None:
+            predictor.delete_endpoint()
+        model = PyTorchModel(
+            model_data=model_data,
+            role=role,
+            entry_point="inference.py",
+            source_dir=str(code),
+            framework_version="2.1.0",
+            py_version="py310",
+        )
+        began = time.perf_counter()
+        predictor = model.deploy(
+            initial_instance_count=1,
+            instance_type="ml.m5.large",
+            endpoint_name=f"bench-deploy-{run}",
+            serializer=JSONSerializer(),
+            deserializer=JSONDeserializer(),
+        )
+        deploys.append(time.perf_counter() - began)
+
+    payload = {"inputs": [1.0, 2.0]}
+    server = urllib3.HTTPConnectionPool("127.0.0.1", _model_server_port(lab, predictor.endpoint_name))
+    body, headers = json.dumps(payload).encode(), {"Content-Type": "application/json", "Accept": "application/json"}
+
+    def direct():
+        return json.loads(server.urlopen("POST", "/invocations", body=body, headers=headers).data)
+
+    if predictor.predict(payload) != direct():
+        raise RuntimeError("the endpoint and its model server answered differently")
+    for _ in range(PREDICT_WARMUP):
+        predictor.predict(payload), direct()
+    through, straight = [], []
+    for _ in range(PREDICT_ITERATIONS):  # interleaved, so both see the same machine state
+        through.append(timed(lambda: predictor.predict(payload)))
+        straight.append(timed(direct))
+    predictor.delete_endpoint()
+    overhead = statistics.median(through) - statistics.median(straight)
+    return [
+        Row("deploy() 1 instance, until InService", deploys, DEPLOY_BUDGET_S),
+        Row("predict() through the local cloud", through, baseline=straight),
+        Row("  direct POST to the model server", straight),
+        Row("  predict() overhead (median - median)", [overhead], PREDICT_OVERHEAD_BUDGET_S),
+    ]
+
+
+def _upload_model(s3) -> str:
+    archive = io.BytesIO()
+    weights = json.dumps({"weights": [0.5, -0.25], "bias": 0.1}).encode()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        info = tarfile.TarInfo("weights.json")
+        info.size = len(weights)
+        tar.addfile(info, io.BytesIO(weights))
+    s3.create_bucket(Bucket="bench-models")
+    s3.put_object(Bucket="bench-models", Key="linear/model.tar.gz", Body=archive.getvalue())
+    return "s3://bench-models/linear/model.tar.gz"
+
+
+def _model_server_port(lab: Lab, endpoint: str) -> int:
+    """The port the endpoint's model server wrote into its records (see services/sagemaker_endpoints.py)."""
+    ports = list(Path(lab.cloud.state_dir, "aws-services", "endpoints").glob(f"*/{endpoint}/*/*/*.port"))
+    if not ports:
+        raise RuntimeError(f"no model server port file for {endpoint}")
+    return int(ports[0].read_text())
+
+
+def lambda_invoke(lab: Lab) -> list[Row]:
+    _connect(lab)
+    import boto3
+    import sagemaker
+
+    client = boto3.client("lambda")
+    package = io.BytesIO()
+    with zipfile.ZipFile(package, "w") as zf:
+        zf.writestr("app.py", HANDLER)
+    role = sagemaker.get_execution_role()
+    payload = json.dumps({"hello": "bench"})
+    cold, warm = [], []
+    for i in range(LAMBDA_COLD):  # a new function each time: its first call starts a worker
+        name = f"bench-fn-{i}"
+        function = {"Runtime": "python3.11", "Role": role, "Handler": "app.lambda_handler"}
+        client.create_function(FunctionName=name, Code={"ZipFile": package.getvalue()}, **function)
+        cold.append(timed(lambda name=name: client.invoke(FunctionName=name, Payload=payload)["Payload"].read()))
+    for _ in range(LAMBDA_WARM):
+        warm.append(timed(lambda: client.invoke(FunctionName="bench-fn-0", Payload=payload)["Payload"].read()))
+    return [Row("Lambda invoke, cold (new worker)", cold), Row("Lambda invoke, warm", warm, baseline=cold)]
+
+
+SERVICE_MEASUREMENTS = [sagemaker_fit, sagemaker_deploy_and_predict, lambda_invoke]
