@@ -277,6 +277,17 @@ estimator = PyTorch(
 )
 estimator.fit({"train": channels["train"], "val": channels["val"]})
 
+# the same script, container and limits for the jobs below; each adds its own instances and hyperparameters
+our_script = {
+    "entry_point": "train.py",
+    "source_dir": str(work / "src"),
+    "role": role,
+    "framework_version": "2.1.0",
+    "py_version": "py310",
+    "output_path": f"s3://{bucket}/{prefix}/models",
+    "max_run": 600,
+}
+
 # %%
 job = estimator.latest_training_job.describe()
 print(job["TrainingJobStatus"], job["ModelArtifacts"]["S3ModelArtifacts"])
@@ -286,23 +297,20 @@ print(" -> ".join(t["Status"] for t in job["SecondaryStatusTransitions"]))
 # %% [markdown]
 # ## 5. Distributed: four `ml.p4d.24xlarge` as one DDP job
 #
-# This is the course's own example. `instance_count=4` with `torch_distributed` starts four processes (here on
-# this machine; on AWS, eight GPUs on each of four hosts) that average their gradients at every step.
+# This is the course's own example, `PyTorch(entry_point='train.py', source_dir='./src', role=role,
+# instance_type='ml.p4d.24xlarge', instance_count=4, framework_version='2.1.0', py_version='py310',
+# hyperparameters={...}, distribution={'torch_distributed': {'enabled': True}})`, with the shared settings in
+# `our_script`. `instance_count=4` with `torch_distributed` starts four processes (here on this machine; on AWS, one
+# per GPU on each of four hosts) that average their gradients at every step.
 
 # %%
 distributed = PyTorch(
-    entry_point="train.py",
-    source_dir=str(work / "src"),
-    role=role,
+    **our_script,
     instance_type="ml.p4d.24xlarge",
     instance_count=instance_count,
-    framework_version="2.1.0",
-    py_version="py310",
     hyperparameters={"epochs": epochs, "lr": 0.01, "batch-size": 8},
     distribution={"torch_distributed": {"enabled": True}},
     metric_definitions=metrics,
-    output_path=f"s3://{bucket}/{prefix}/models",
-    max_run=600,
 )
 distributed.fit({"train": channels["train"], "val": channels["val"]}, logs=False)
 print(distributed.latest_training_job.describe()["TrainingJobStatus"])
@@ -328,17 +336,11 @@ costs[costs["action"] == "TrainingJob"] if backend == "local" else costs
 
 # %%
 spot = PyTorch(
-    entry_point="train.py",
-    source_dir=str(work / "src"),
-    role=role,
+    **our_script,
     instance_type="ml.p3.2xlarge",
     instance_count=1,
-    framework_version="2.1.0",
-    py_version="py310",
     hyperparameters={"epochs": 6, "lr": 0.1, "epoch-pause": 0.5},
-    output_path=f"s3://{bucket}/{prefix}/models",
     use_spot_instances=True,
-    max_run=600,
     max_wait=1200,  # how long to wait for spot capacity and restarts, in all
     checkpoint_s3_uri=f"s3://{bucket}/{prefix}/checkpoints/spot-{time.strftime('%Y%m%d-%H%M%S')}",  # one per job
     tags=[{"Key": "labcloud:interrupt-after-seconds", "Value": "4"}],
@@ -639,19 +641,9 @@ print(alarm["StateValue"], "-", alarm["StateReason"])
 
 # %%
 ### BEGIN SOLUTION
-### HINT: copy the single-instance estimator with other hyperparameters (epochs, lr), fit it, use its model_data.
-tuned = PyTorch(
-    entry_point="train.py",
-    source_dir=str(work / "src"),
-    role=role,
-    instance_type="ml.m5.xlarge",
-    instance_count=1,
-    framework_version="2.1.0",
-    py_version="py310",
-    hyperparameters={"epochs": 5, "lr": 0.05},
-    output_path=f"s3://{bucket}/{prefix}/models",
-    max_run=600,
-)
+### HINT: PyTorch(**our_script, instance_type=..., instance_count=1, hyperparameters={"epochs": ..., "lr": ...}),
+### HINT: then fit it on the same channels and use its model_data.
+tuned = PyTorch(**our_script, instance_type="ml.m5.xlarge", instance_count=1, hyperparameters={"epochs": 5, "lr": 0.05})
 tuned.fit({"train": channels["train"], "val": channels["val"]}, logs=False)
 tuned_model = tuned.model_data
 ### END SOLUTION
