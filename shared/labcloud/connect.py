@@ -19,6 +19,8 @@ from .localcloud.state import ServerInfo
 from .pricing.guard import CostGuard, arm_aws
 from .wiring.aws import CONFIG_VARIABLE as AWS_SDK_CONFIG_VARIABLE
 from .wiring.aws import wire as wire_aws
+from .wiring.gcp import WIRED_VARIABLES as GCP_WIRED_VARIABLES
+from .wiring.gcp import wire as wire_gcp
 
 BACKENDS = ("local", "aws", "gcp", "azure")
 DEFAULT_REGION = "us-east-1"
@@ -124,6 +126,7 @@ def _connect_local(region: str, budget_usd: float | None) -> Connection:
         os.environ.pop(name, None)
     os.environ.update(env)
     env.update(wire_aws(Path(server.state_dir)))
+    env.update(wire_gcp(server.url, Path(server.state_dir)))
     guard = CostGuard(budget_usd) if budget_usd is not None else None  # opt-in locally, to practise with
     arm_aws(guard)
     baseline = {_meter_key(line): (line["quantity"], line["usd"]) for line in _meter_lines(server)}
@@ -139,6 +142,7 @@ def _forget_local_wiring() -> None:
             "AWS_ACCESS_KEY_ID",
             "AWS_SECRET_ACCESS_KEY",
             AWS_SDK_CONFIG_VARIABLE,  # the local cloud's SageMaker defaults
+            *GCP_WIRED_VARIABLES,  # the local credentials and emulator hosts
         ):
             os.environ.pop(name, None)
 

@@ -17,6 +17,7 @@ from labcloud.pricing import guard as guard_module
 from labcloud.pricing.catalog import Catalog, load_catalog
 from labcloud.pricing.guard import BudgetExceeded, CostGuard, Estimate, arm_aws
 from labcloud.wiring.aws import WIRED_VARIABLES
+from labcloud.wiring.gcp import WIRED_VARIABLES as GCP_WIRED
 
 P4D_TRAINING = load_catalog().get("ml.p4d.24xlarge", service="sagemaker-training").on_demand_usd_per_hour
 NOWHERE = "http://127.0.0.1:9"  # nothing listens there: a call the guard lets through fails at once
@@ -27,9 +28,7 @@ def restored_environment(monkeypatch):
     """connect() writes os.environ: every variable it may touch is put back, and the AWS guard disarmed."""
     before = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
     session = control.status()
-    touched = (
-        {*local_environment(session).keys(), *_AWS_OVERRIDES, *WIRED_VARIABLES} if session else set(_AWS_OVERRIDES)
-    )
+    touched = {*_AWS_OVERRIDES, *WIRED_VARIABLES, *GCP_WIRED, *(local_environment(session) if session else {})}
     for name in touched:
         # Record the current value (or its absence) so that monkeypatch restores it.
         monkeypatch.setenv(name, os.environ.get(name, ""))

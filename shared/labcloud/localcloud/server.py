@@ -23,10 +23,13 @@ from .. import __version__
 from ..pricing.catalog import load_catalog, load_service_prices
 from ..pricing.ledger import CostLedger
 from .admin import PREFIX, AdminApi
+from .aws import services as aws_services
 from .aws.context import AwsContext
 from .aws.gateway import AwsGateway
 from .aws.persistence import MotoSnapshots
-from .aws.services import register_all
+from .context import register_services
+from .gcp import services as gcp_services
+from .gcp.gateway import GcpContext, GcpGateway
 from .processes import ChildProcesses
 from .state import ServerInfo, StateDir
 
@@ -70,17 +73,27 @@ class LocalCloud:
             call_moto=self.aws.call_moto,
             mark_dirty=self.snapshots.mark_dirty,
         )
-        self.aws_services = register_all(self.aws, self.aws_context)
+        self.aws_services = register_services(aws_services, self.aws, self.aws_context)
+        self.gcp = GcpGateway()
+        self.gcp_context = GcpContext(
+            state_dir=self.state.sub("gcp"),
+            ledger=self.ledger,
+            catalog=self.aws_context.catalog,
+            children=ChildProcesses(),
+        )
+        self.gcp_services = register_services(gcp_services, self.gcp, self.gcp_context)
         self.admin = AdminApi(str(self.state.path), self.ledger, self._services)
         self._server = None
         self._restored: list[str] = []
 
     def _services(self) -> list[str]:
-        return ["aws"]
+        return ["aws", *(["gcp"] if self.gcp_services else [])]
 
     def app(self, environ: dict, start_response):
         if environ.get("PATH_INFO", "").startswith(PREFIX):
             return self.admin(environ, start_response)
+        if self.gcp.handles(environ):
+            return self.gcp(environ, start_response)
         return self.aws(environ, start_response)
 
     def start(self) -> ServerInfo:
@@ -98,6 +111,7 @@ class LocalCloud:
             version=__version__,
         )
         self.aws_context.started(info.url)
+        self.gcp_context.started(info.url)
         self.state.write_info(info)
         log.info("local cloud on %s (state %s; restored %s)", info.url, info.state_dir, self._restored or "nothing")
         return info
@@ -108,6 +122,7 @@ class LocalCloud:
     def stop(self) -> None:
         """Stop the learners' processes, save everything and stop serving. Safe to call from a signal handler."""
         self.aws_context.shutdown()
+        self.gcp_context.shutdown()
         self.snapshots.stop()
         self.ledger.save()
         self.state.clear_info(os.getpid())

@@ -1,4 +1,4 @@
-"""What the AWS services the local cloud makes real get to work with: state, moto, the meter, child processes.
+"""What the AWS services the local cloud makes real get to work with: the common context, plus moto.
 
 Each service module (`sts`, `sagemaker_training`, ...) has `register(gateway, context)`, which hooks its
 handlers into the gateway with `gateway.intercept(service, action, handler)`.
@@ -10,12 +10,9 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-from ...pricing.catalog import Catalog
-from ...pricing.ledger import CostLedger
-from ..processes import ChildProcesses
+from ..context import CloudContext
 from .errors import Response
 
 log = logging.getLogger(__name__)
@@ -24,18 +21,11 @@ ACCOUNT_ID = "123456789012"  # moto's default account: a documentation placehold
 LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY = "labcloud", "labcloud-local-only"
 
 
-@dataclass
-class AwsContext:
-    state_dir: Path  # this cloud's own records (jobs, endpoints, functions), beside moto's snapshots
+@dataclass(kw_only=True)
+class AwsContext(CloudContext):
     lock: threading.RLock  # moto's lock: hold it to read or change moto's backends directly
-    ledger: CostLedger
-    catalog: Catalog
-    children: ChildProcesses
     call_moto: Callable  # (request, environ) -> Response: let moto answer, e.g. to validate and store
     mark_dirty: Callable[[str], None]  # (moto service name): save it in the next snapshot, after a direct change
-    url: str = ""  # the local cloud's own URL, known once the server has bound its port
-    _started_hooks: list[Callable[[], None]] = field(default_factory=list)
-    _shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
 
     def moto_backend(self, service: str, region: str):
         from moto.backends import get_backend
@@ -65,48 +55,6 @@ class AwsContext:
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
         }
-
-    def in_background(self, target: Callable, name: str, *args) -> threading.Thread:
-        """Run `target(*args)` on a daemon thread; an exception is logged, never raised into the server."""
-
-        def run():
-            try:
-                target(*args)
-            except Exception:
-                log.exception("background work %s failed", name)
-
-        thread = threading.Thread(target=run, name=name, daemon=True)
-        thread.start()
-        return thread
-
-    def records(self, kind: str) -> Path:
-        """The folder for one kind of record, e.g. records("training-jobs")."""
-        path = self.state_dir / kind
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def on_started(self, hook: Callable[[], None]) -> None:
-        """Run `hook` once the state is restored and the server listens (e.g. to restart endpoints)."""
-        self._started_hooks.append(hook)
-
-    def on_shutdown(self, hook: Callable[[], None]) -> None:
-        self._shutdown_hooks.append(hook)
-
-    def started(self, url: str) -> None:
-        self.url = url
-        for hook in self._started_hooks:
-            try:
-                hook()
-            except Exception:
-                log.exception("start hook %s failed", hook)
-
-    def shutdown(self) -> None:
-        for hook in reversed(self._shutdown_hooks):
-            try:
-                hook()
-            except Exception:
-                log.exception("shutdown hook %s failed", hook)
-        self.children.stop_all()
 
 
 def json_response(data, status: int = 200, content_type: str = "application/x-amz-json-1.1") -> Response:

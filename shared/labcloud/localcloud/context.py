@@ -1,0 +1,85 @@
+"""What every cloud's services in the local cloud get to work with: state, the meter, child processes, hooks.
+
+Each cloud extends it (`aws.context.AwsContext` adds moto). A service module has `register(gateway, context)`;
+`register_services` imports every module of a services package and calls it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..pricing.catalog import Catalog
+from ..pricing.ledger import CostLedger
+from .processes import ChildProcesses
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class CloudContext:
+    state_dir: Path  # this cloud's own records (jobs, endpoints, tables), beside any emulator's snapshots
+    ledger: CostLedger
+    catalog: Catalog
+    children: ChildProcesses
+    url: str = ""  # the local cloud's own URL, known once the server has bound its port
+    _started_hooks: list[Callable[[], None]] = field(default_factory=list)
+    _shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
+
+    def in_background(self, target: Callable, name: str, *args) -> threading.Thread:
+        """Run `target(*args)` on a daemon thread; an exception is logged, never raised into the server."""
+
+        def run():
+            try:
+                target(*args)
+            except Exception:
+                log.exception("background work %s failed", name)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    def records(self, kind: str) -> Path:
+        """The folder for one kind of record, e.g. records("training-jobs")."""
+        path = self.state_dir / kind
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def on_started(self, hook: Callable[[], None]) -> None:
+        """Run `hook` once the state is restored and the server listens (e.g. to restart endpoints)."""
+        self._started_hooks.append(hook)
+
+    def on_shutdown(self, hook: Callable[[], None]) -> None:
+        self._shutdown_hooks.append(hook)
+
+    def started(self, url: str) -> None:
+        self.url = url
+        for hook in self._started_hooks:
+            try:
+                hook()
+            except Exception:
+                log.exception("start hook %s failed", hook)
+
+    def shutdown(self) -> None:
+        for hook in reversed(self._shutdown_hooks):
+            try:
+                hook()
+            except Exception:
+                log.exception("shutdown hook %s failed", hook)
+        self.children.stop_all()
+
+
+def register_services(package, gateway, context) -> list[str]:
+    """Register every module of `package` (a services package) that has `register(gateway, context)`."""
+    registered = []
+    for module_info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{package.__name__}.{module_info.name}")
+        if hasattr(module, "register"):
+            module.register(gateway, context)
+            registered.append(module_info.name)
+    return registered
