@@ -72,8 +72,10 @@ from labcloud.quiz import quiz_widget
 # ## 1. A session, a role, a bucket
 #
 # A SageMaker job runs *as* an IAM role (it reads your S3 data and writes the model with it). On a SageMaker
-# notebook `get_execution_role()` finds the notebook's role; on the local cloud you are that role. The session's
-# default bucket, `sagemaker-<region>-<account>`, holds code and models.
+# notebook `get_execution_role()` finds the notebook's role; on the local cloud you are that role. On your own
+# machine against real AWS you are usually a user, not a role: put your SageMaker execution role's ARN in `role`
+# instead (and let it trust `lambda.amazonaws.com` too, for section 10). The session's default bucket,
+# `sagemaker-<region>-<account>`, holds code and models.
 #
 # We stay on **SageMaker Python SDK v2** (`sagemaker<3`): v3 replaced `Estimator`, `Model` and `Predictor` by
 # `ModelTrainer` and `ModelBuilder`, and most material you will meet still uses v2. In v3 the job below reads
