@@ -3,7 +3,8 @@
 `product_reviews` makes short reviews of cloud services with a sentiment label. The words carry the signal,
 "not" flips it and some labels are noisy, so a bag-of-words model learns it well but not perfectly: good for
 training jobs that finish in seconds yet respond to their hyperparameters. `shift` drifts the vocabulary and
-the class balance, for the monitoring lab.
+the class balance, for the monitoring lab. `fraud_transactions` makes card transactions with a rare fraud label,
+for BigQuery ML.
 """
 
 from __future__ import annotations
@@ -42,3 +43,47 @@ def _reviews(n, rng, label_noise, negation_rate, subjects, positive_share) -> pd
         label = 1 - sentiment if rng.random() < label_noise else sentiment
         rows.append((text.strip(), label))
     return pd.DataFrame(rows, columns=["text", "label"])
+
+
+MERCHANT_CATEGORIES = ["grocery", "electronics", "travel", "restaurants", "gaming", "fuel", "jewelry"]
+_CATEGORY_RISK = {"grocery": -1.0, "electronics": 0.6, "travel": 0.4, "restaurants": -0.6, "gaming": 0.9, "fuel": -0.3}
+
+
+def fraud_transactions(n: int, seed: int = 0, fraud_rate: float = 0.04) -> pd.DataFrame:
+    """`n` card transactions with `is_fraud`, reproducible from `seed`: large amounts at night, in risky
+    categories, from new accounts, abroad, or in a burst make fraud likelier; about `fraud_rate` are fraud."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "transaction_id": np.arange(1, n + 1),
+            "amount": np.round(rng.lognormal(3.5, 1.0, n), 2),
+            "hour": rng.integers(0, 24, n),
+            "merchant_category": rng.choice(MERCHANT_CATEGORIES, n),
+            "account_age_days": rng.integers(1, 3650, n),
+            "transactions_last_24h": rng.poisson(2.0, n),
+            "foreign": rng.random(n) < 0.1,
+        }
+    )
+    risk = (
+        0.9 * np.log(frame["amount"] / 30)
+        + 1.2 * frame["hour"].isin([0, 1, 2, 3, 4]).to_numpy()
+        + frame["merchant_category"].map(_CATEGORY_RISK).fillna(1.2).to_numpy()
+        - 0.8 * np.log1p(frame["account_age_days"] / 30)
+        + 0.35 * frame["transactions_last_24h"]
+        + 1.5 * frame["foreign"].to_numpy()
+    )
+    # shift the risk so that the expected share of fraud is `fraud_rate`
+    offset = _logit_offset(risk.to_numpy(), fraud_rate)
+    frame["is_fraud"] = rng.random(n) < 1 / (1 + np.exp(-(risk.to_numpy() + offset)))
+    return frame
+
+
+def _logit_offset(risk: np.ndarray, rate: float) -> float:
+    low, high = -50.0, 50.0
+    for _ in range(60):  # bisection: the mean probability grows with the offset
+        middle = (low + high) / 2
+        if np.mean(1 / (1 + np.exp(-(risk + middle)))) < rate:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2

@@ -6,11 +6,13 @@ import csv
 import io
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from labcloud.checks import ExerciseCheckFailed
 from labcloud.checks.aws import check_canary_split, check_csv_input_fn
-from labcloud.datasets import NEGATIVE, NEW_SUBJECTS, POSITIVE, product_reviews, shift
+from labcloud.datasets import NEGATIVE, NEW_SUBJECTS, POSITIVE, fraud_transactions, product_reviews, shift
 
 
 def test_reviews_are_reproducible_balanced_and_mostly_labelled_by_their_words():
@@ -33,6 +35,21 @@ def test_shifted_reviews_bring_new_subjects_and_more_negative_ones():
     assert drifted["label"].mean() < 0.4
     assert not product_reviews(2000, seed=1)["text"].str.contains("|".join(NEW_SUBJECTS)).any()
     assert set(NEGATIVE).isdisjoint(POSITIVE)
+
+
+def test_fraud_transactions_are_rare_reproducible_and_learnable():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    data = fraud_transactions(20000, seed=5)
+    assert data.equals(fraud_transactions(20000, seed=5))
+    assert 0.03 < data["is_fraud"].mean() < 0.05
+    features = pd.get_dummies(data.drop(columns=["transaction_id", "is_fraud"]), dtype=float)
+    features["amount"] = np.log(features["amount"])
+    train, test = slice(0, 15000), slice(15000, None)
+    model = LogisticRegression(max_iter=2000).fit(features[train], data["is_fraud"][train])
+    auc = roc_auc_score(data["is_fraud"][test], model.predict_proba(features[test])[:, 1])
+    assert 0.8 < auc < 0.99  # learnable, not trivial
 
 
 def _good_input_fn(body, content_type):
