@@ -59,5 +59,15 @@ def _wire_bigquery(url: str) -> dict[str, str]:
 
 
 def _wire_vertex(url: str) -> dict[str, str]:
-    """Vertex AI's wiring (filled in with the Vertex AI service)."""
+    """Vertex AI (`aiplatform`, `vertexai`): its global config gets the local cloud as API endpoint, over REST (plain
+    http is kept), as soon as the SDK is imported; the learner's own `aiplatform.init(project=..., location=...)`
+    leaves both alone. Credentials are the local ones (GOOGLE_APPLICATION_CREDENTIALS). No variable is needed."""
+    from .aws import _after_import
+
+    def patch(initializer) -> None:
+        # read at import time: a later connect() may have started another local cloud
+        initializer.global_config._api_endpoint = os.environ.get("LABCLOUD_URL", url)
+        initializer.global_config._api_transport = "rest"
+
+    _after_import("google.cloud.aiplatform.initializer", patch)
     return {}
