@@ -16,7 +16,12 @@ from pathlib import Path
 from ..localcloud.gcp.gateway import LOCAL_TOKEN, PROJECT, TOKEN_PATH
 
 CREDENTIALS_FILE = "gcp-credentials.json"
-WIRED_VARIABLES = ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST")
+WIRED_VARIABLES = (
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "GOOGLE_CLOUD_PROJECT",
+    "STORAGE_EMULATOR_HOST",
+    "BIGQUERY_EMULATOR_HOST",
+)
 
 
 def wire(url: str, state_dir: Path) -> dict[str, str]:
@@ -54,8 +59,9 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def _wire_bigquery(url: str) -> dict[str, str]:
-    """BigQuery's wiring (filled in with the BigQuery service)."""
-    return {}
+    """google-cloud-bigquery sends every request to BIGQUERY_EMULATOR_HOST (`{host}/bigquery/v2/...`, uploads to
+    `{host}/upload/bigquery/v2/...`) when it is set; credentials stay the local ones."""
+    return {"BIGQUERY_EMULATOR_HOST": url}
 
 
 def _wire_vertex(url: str) -> dict[str, str]:

@@ -1,0 +1,253 @@
+"""Datasets, tables and queries of the local BigQuery, in one DuckDB database file (so data survives restarts).
+
+A dataset is a DuckDB schema, a table a DuckDB table. Queries in BigQuery's dialect are parsed by sqlglot
+(read="bigquery"), their table names reduced to `dataset.table` (the project is dropped), and run as DuckDB SQL.
+One lock serialises every use of the connection.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import duckdb
+import sqlglot
+from sqlglot import exp
+
+from .types import duckdb_type, field_from_duckdb, to_cell
+
+MIN_BILLED_BYTES = 10 * 1024 * 1024  # BigQuery's on-demand minimum per table read
+_WIDTH = {"INTEGER": 8, "FLOAT": 8, "BOOLEAN": 1, "TIMESTAMP": 8, "DATE": 8, "NUMERIC": 16, "STRING": 16}
+
+
+class BigQueryError(Exception):
+    """An error with BigQuery's HTTP status, reason and message."""
+
+    def __init__(self, status: int, message: str, reason: str):
+        super().__init__(message)
+        self.status, self.message, self.reason = status, message, reason
+
+
+class Engine:
+    def __init__(self, path: Path, project: str):
+        self.project = project
+        self.lock = threading.RLock()
+        self.db = duckdb.connect(str(path))
+
+    # datasets -----------------------------------------------------------------------------------------------
+    def datasets(self) -> list[str]:
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT schema_name FROM information_schema.schemata WHERE catalog_name = current_database() "
+                "AND schema_name NOT IN ('main', 'information_schema', 'pg_catalog') ORDER BY 1"
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def create_dataset(self, dataset: str) -> None:
+        if dataset in self.datasets():
+            raise BigQueryError(409, f"Already Exists: Dataset {self.project}:{dataset}", "duplicate")
+        with self.lock:
+            self.db.execute(f"CREATE SCHEMA {_quote(dataset)}")
+
+    def require_dataset(self, dataset: str) -> None:
+        if dataset not in self.datasets():
+            raise BigQueryError(404, f"Not found: Dataset {self.project}:{dataset}", "notFound")
+
+    def delete_dataset(self, dataset: str, contents: bool) -> None:
+        self.require_dataset(dataset)
+        if self.tables(dataset) and not contents:
+            raise BigQueryError(400, f"Dataset {self.project}:{dataset} is still in use", "resourceInUse")
+        with self.lock:
+            self.db.execute(f"DROP SCHEMA {_quote(dataset)} CASCADE")
+
+    # tables -------------------------------------------------------------------------------------------------
+    def tables(self, dataset: str) -> list[str]:
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = ? "
+                "AND table_catalog = current_database() ORDER BY 1",
+                [dataset],
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def require_table(self, dataset: str, table: str) -> None:
+        if table not in self.tables(dataset):
+            raise BigQueryError(
+                404, f"Not found: Table {self.project}:{dataset}.{table} was not found in location US", "notFound"
+            )
+
+    def create_table(self, dataset: str, table: str, fields: list[dict]) -> None:
+        self.require_dataset(dataset)
+        if table in self.tables(dataset):
+            raise BigQueryError(409, f"Already Exists: Table {self.project}:{dataset}.{table}", "duplicate")
+        columns = ", ".join(f"{_quote(f['name'])} {duckdb_type(f)}" for f in fields) or '"_placeholder" BOOLEAN'
+        with self.lock:
+            self.db.execute(f"CREATE TABLE {_name(dataset, table)} ({columns})")
+
+    def delete_table(self, dataset: str, table: str) -> None:
+        self.require_table(dataset, table)
+        with self.lock:
+            self.db.execute(f"DROP TABLE {_name(dataset, table)}")
+
+    def schema(self, dataset: str, table: str) -> list[dict]:
+        self.require_table(dataset, table)
+        with self.lock:
+            relation = self.db.table(f"{_quote(dataset)}.{_quote(table)}")
+            return [field_from_duckdb(n, t) for n, t in zip(relation.columns, relation.types, strict=False)]
+
+    def num_rows(self, dataset: str, table: str) -> int:
+        with self.lock:
+            return self.db.execute(f"SELECT count(*) FROM {_name(dataset, table)}").fetchone()[0]
+
+    def insert_rows(self, dataset: str, table: str, rows: list[dict]) -> None:
+        fields = self.schema(dataset, table)
+        names = [f["name"] for f in fields]
+        values = [[row.get(n) for n in names] for row in rows]
+        if not values:
+            return
+        marks = ", ".join("?" for _ in names)
+        with self.lock:
+            self.db.executemany(f"INSERT INTO {_name(dataset, table)} VALUES ({marks})", values)
+
+    def rows(self, dataset: str, table: str, start: int, limit: int) -> tuple[list[dict], list[dict], int]:
+        fields = self.schema(dataset, table)
+        with self.lock:
+            found = self.db.execute(f"SELECT * FROM {_name(dataset, table)} LIMIT {limit} OFFSET {start}").fetchall()
+        return fields, [encode_row(row, fields) for row in found], self.num_rows(dataset, table)
+
+    # queries ------------------------------------------------------------------------------------------------
+    def translate(self, sql: str, default_dataset: str | None = None) -> tuple[str, list[tuple[str, str]], str]:
+        """DuckDB SQL for a BigQuery statement, the (dataset, table) pairs it names, and its statement type."""
+        try:
+            statements = sqlglot.parse(sql, read="bigquery")
+        except sqlglot.errors.ParseError as error:
+            detail = error.errors[0] if error.errors else {}
+            where = f" at [{detail.get('line', 1)}:{detail.get('col', 1)}]"
+            raise BigQueryError(
+                400, f"Syntax error: {detail.get('description', error)}{where}", "invalidQuery"
+            ) from None
+        statements = [s for s in statements if s is not None]
+        if len(statements) != 1:
+            raise BigQueryError(400, "Syntax error: expected exactly one statement at [1:1]", "invalidQuery")
+        tree, read = statements[0], []
+        ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+        for table in tree.find_all(exp.Table):
+            if not table.name or (not table.db and table.name in ctes):
+                continue
+            dataset = table.db or default_dataset
+            if not dataset:
+                raise BigQueryError(
+                    400, f'Table "{table.name}" must be qualified with a dataset (e.g. dataset.table).', "invalid"
+                )
+            table.set("catalog", None)
+            table.set("db", exp.to_identifier(dataset, quoted=True))
+            table.set("this", exp.to_identifier(table.name, quoted=True))
+            read.append((dataset, table.name))
+        return _bigquery_numbers(tree).sql(dialect="duckdb"), read, statement_type(tree)
+
+    def bytes_read(self, read: list[tuple[str, str]]) -> int:
+        """BigQuery's on-demand estimate: rows × column widths per table, at least 10 MB for each table read."""
+        total = 0
+        for dataset, table in dict.fromkeys(read):
+            fields = self.schema(dataset, table)
+            width = sum(_WIDTH.get(f["type"], 16) * (4 if f.get("mode") == "REPEATED" else 1) for f in fields)
+            total += max(MIN_BILLED_BYTES, self.num_rows(dataset, table) * width)
+        return total
+
+    def load(self, dataset, table, paths, source_format, skip_rows, write_disposition, fields) -> int:
+        """Append (or replace, WRITE_TRUNCATE) a table's rows from CSV or Parquet files; the number of rows read."""
+        self.require_dataset(dataset)
+        files = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+        if source_format.upper() == "PARQUET":
+            source = f"read_parquet({files})"
+        else:
+            source = f"read_csv({files}, header={'true' if skip_rows else 'false'}, skip={max(skip_rows - 1, 0)})"
+        exists = table in self.tables(dataset)
+        if fields and not exists:
+            self.create_table(dataset, table, fields)
+            exists = True
+        with self.lock:
+            try:
+                count = self.db.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
+                if exists and write_disposition == "WRITE_TRUNCATE":
+                    self.db.execute(f"DELETE FROM {_name(dataset, table)}")
+                if exists:
+                    self.db.execute(f"INSERT INTO {_name(dataset, table)} BY NAME SELECT * FROM {source}")
+                else:
+                    self.db.execute(f"CREATE TABLE {_name(dataset, table)} AS SELECT * FROM {source}")
+            except duckdb.Error as error:
+                raise BigQueryError(400, f"Error while reading data: {_first_line(error)}", "invalid") from None
+        return count
+
+    def run(self, sql: str, params: list | dict | None, read: list[tuple[str, str]]):
+        """Execute translated SQL; (fields, rows as tuples), or (None, []) for a statement without a result."""
+        for dataset in {d for d, _ in read}:
+            self.require_dataset(dataset)
+        with self.lock:
+            try:
+                cursor = self.db.execute(sql, params or None)
+                if cursor.description is None:
+                    return None, []
+                names = [d[0] for d in cursor.description]
+                relation_types = [d[1] for d in cursor.description]
+                found = cursor.fetchall()
+            except duckdb.CatalogException as error:
+                raise _not_found(error, self.project, read) from None
+            except duckdb.Error as error:
+                raise BigQueryError(400, f"{_first_line(error)} at [1:1]", "invalidQuery") from None
+        return [field_from_duckdb(n, t) for n, t in zip(names, relation_types, strict=False)], found
+
+
+def _bigquery_numbers(tree: exp.Expression) -> exp.Expression:
+    """BigQuery's number semantics in DuckDB: `1.5` is FLOAT64 (DuckDB would make it DECIMAL), NUMERIC is
+    DECIMAL(38, 9) (DuckDB's bare DECIMAL keeps 3 digits)."""
+    for literal in list(tree.find_all(exp.Literal)):
+        if literal.is_number and any(c in literal.this.lower() for c in ".e"):
+            literal.replace(exp.cast(literal.copy(), exp.DataType.Type.DOUBLE))
+    for kind in tree.find_all(exp.DataType):
+        if kind.this == exp.DataType.Type.DECIMAL and not kind.expressions:
+            kind.set(
+                "expressions",
+                [exp.DataTypeParam(this=exp.Literal.number(38)), exp.DataTypeParam(this=exp.Literal.number(9))],
+            )
+    return tree
+
+
+def statement_type(tree: exp.Expression) -> str:
+    """BigQuery's statementType (SELECT, INSERT, DELETE, UPDATE, CREATE_TABLE_AS_SELECT, ...) of a parsed statement."""
+    if isinstance(tree, exp.Create):
+        kind = str(tree.args.get("kind") or "TABLE").upper()
+        return f"CREATE_{kind}_AS_SELECT" if tree.expression is not None and kind == "TABLE" else f"CREATE_{kind}"
+    if isinstance(tree, exp.Drop):
+        return f"DROP_{str(tree.args.get('kind') or 'TABLE').upper()}"
+    return {exp.Insert: "INSERT", exp.Delete: "DELETE", exp.Update: "UPDATE", exp.Merge: "MERGE"}.get(
+        type(tree), "SELECT"
+    )
+
+
+def encode_row(row, fields: list[dict]) -> dict:
+    return {"f": [{"v": to_cell(value, field)} for value, field in zip(row, fields, strict=False)]}
+
+
+def _not_found(error: Exception, project: str, read) -> BigQueryError:
+    match = re.search(r'Table with name "?([^"\s]+)"? does not exist', str(error))
+    if match:
+        table = match.group(1)
+        dataset = next((d for d, t in read if t == table), "")
+        return BigQueryError(
+            404, f"Not found: Table {project}:{dataset}.{table} was not found in location US", "notFound"
+        )
+    return BigQueryError(400, f"{_first_line(error)} at [1:1]", "invalidQuery")
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0]
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _name(dataset: str, table: str) -> str:
+    return f"{_quote(dataset)}.{_quote(table)}"
