@@ -7,23 +7,11 @@ import subprocess
 import sys
 import urllib.request
 
-import boto3
 import pytest
+from aws_clients import clients
 from botocore.exceptions import ClientError
 
-from labcloud.connect import local_environment
 from labcloud.localcloud import control
-
-
-def clients(info, *names):
-    env = local_environment(info)
-    kwargs = dict(
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name=env["AWS_DEFAULT_REGION"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
-    return [boto3.client(name, **kwargs) for name in names]
 
 
 def test_round_trips_with_only_the_environment_from_labcloud_env(own_cloud):

@@ -17,27 +17,15 @@ import uuid
 from types import SimpleNamespace
 from xml.etree import ElementTree
 
-import boto3
 import pytest
+from aws_clients import clients
 from botocore.exceptions import ClientError
 
-from labcloud.connect import local_environment
 from labcloud.localcloud import control
 from labcloud.localcloud.aws.context import ACCOUNT_ID
 from labcloud.localcloud.aws.services.cloudwatch import AlarmEvaluator, Rule, judge, period_datapoints, state_reason
 
 THRESHOLD = 50.0
-
-
-def clients(info, *names):
-    env = local_environment(info)
-    kwargs = dict(
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name=env["AWS_DEFAULT_REGION"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
-    return [boto3.client(name, **kwargs) for name in names]
 
 
 @pytest.fixture
