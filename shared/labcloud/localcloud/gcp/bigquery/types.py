@@ -39,7 +39,7 @@ def field_from_duckdb(name: str, duck_type) -> dict:
     """One schema field ({name, type, mode[, fields]}) for a DuckDB type (a DuckDBPyType or its text)."""
     text = str(duck_type).upper()
     if text.endswith("[]"):
-        inner = field_from_duckdb(name, text[:-2])
+        inner = field_from_duckdb(name, getattr(duck_type, "child", text[:-2]))  # child keeps a STRUCT's fields
         return {**inner, "mode": "REPEATED"}
     if text.startswith("STRUCT("):
         children = getattr(duck_type, "children", None) or []

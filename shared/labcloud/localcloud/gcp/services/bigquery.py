@@ -21,12 +21,14 @@ from ....pricing.catalog import load_service_prices
 from ....pricing.ledger import CostLine
 from .. import storage_store
 from ..bigquery.engine import BigQueryError, Engine, encode_row
+from ..bigquery.ml import REST_MODEL_TYPES
 from ..gateway import GcpRequest, GoogleError, Response, json_response
 
 _BASE = r"/bigquery/v2/projects/(?P<project>[^/]+)"
 _DATASET = _BASE + r"/datasets/(?P<dataset>[^/]+)"
 _TABLE = _DATASET + r"/tables/(?P<table>[^/]+)"
 _JOB = _BASE + r"/jobs/(?P<job>[^/]+)"
+_MODEL = _DATASET + r"/models/(?P<model>[^/]+)"
 PAGE_ROWS = 10_000  # rows per page when the client names no maxResults
 TIB = 1024**4
 
@@ -46,6 +48,9 @@ def register(gateway, context) -> None:
         ("DELETE", _TABLE, api.delete_table),
         ("POST", _TABLE + "/insertAll", api.insert_all),
         ("GET", _TABLE + "/data", api.list_data),
+        ("GET", _DATASET + "/models", api.list_models),
+        ("GET", _MODEL, api.get_model),
+        ("DELETE", _MODEL, api.delete_model),
         ("POST", _BASE + "/jobs", api.insert_job),
         ("POST", r"/upload" + _BASE + "/jobs", api.upload_job),
         ("PUT", r"/upload" + _BASE + "/jobs", api.upload_job),
@@ -76,6 +81,7 @@ class BigQueryApi:
         self.jobs: dict[str, dict] = {}
         self.results: dict[str, tuple[list[dict], list]] = {}
         self.uploads: dict[str, dict] = {}
+        self.failures: dict[str, BigQueryError] = {}  # job id -> the error of a query job that failed
         self.lock = threading.Lock()
 
     # datasets -----------------------------------------------------------------------------------------------
@@ -160,6 +166,53 @@ class BigQueryApi:
             body["pageToken"] = str(start + len(rows))
         return json_response(body)
 
+    # models (BigQuery ML) -----------------------------------------------------------------------------------
+    def model_resource(self, project: str, dataset: str, name: str) -> dict:
+        model = self.engine.models.load(dataset, name)
+        created = str(int(model.created * 1000))
+        label_type = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}.get(model.label_kind, "STRING")
+        resource = {
+            "kind": "bigquery#model",
+            "modelReference": {"projectId": project, "datasetId": dataset, "modelId": name},
+            "modelType": rest_model_type(model.model_type),
+            "creationTime": created,
+            "lastModifiedTime": created,
+            "location": "US",
+            "featureColumns": [
+                {"name": n, "type": {"typeKind": "FLOAT64" if n in model.features.numeric else "STRING"}}
+                for n in model.features.names
+            ],
+            "trainingRuns": [
+                {
+                    "trainingOptions": {k: v for k, v in model.options.items() if not isinstance(v, list)},
+                    "startTime": storage_store.rfc3339(model.created),
+                    "results": [
+                        {"index": r["iteration"], "durationMs": str(r["duration_ms"]), "trainingLoss": r["loss"]}
+                        for r in model.training_info
+                    ],
+                }
+            ],
+        }
+        if model.label:
+            resource["labelColumns"] = [{"name": f"predicted_{model.label}", "type": {"typeKind": label_type}}]
+        return resource
+
+    def list_models(self, request: GcpRequest) -> Response:
+        project, dataset = request.params["project"], request.params["dataset"]
+        self.engine.require_dataset(dataset)
+        items = [self.model_resource(project, dataset, n) for n in self.engine.models.names(dataset)]
+        return json_response({"models": items})
+
+    def get_model(self, request: GcpRequest) -> Response:
+        p = request.params
+        return json_response(self.model_resource(p["project"], p["dataset"], p["model"]))
+
+    def delete_model(self, request: GcpRequest) -> Response:
+        dataset, name = request.params["dataset"], request.params["model"]
+        self.engine.models.load(dataset, name)  # 404 when unknown
+        self.engine.models.delete(dataset, name)
+        return 204, [], b""
+
     # jobs ---------------------------------------------------------------------------------------------------
     def insert_job(self, request: GcpRequest) -> Response:
         return json_response(self.run_job(request.params["project"], request.json()))
@@ -186,7 +239,7 @@ class BigQueryApi:
             "statistics": {"creationTime": str(int(time.time() * 1000))},
         }
         if "query" in config:
-            self.query_job(job, config)
+            self.query_job_or_error(job, config)
         elif "load" in config:
             self.load_job(job, config["load"], data_file)
         else:
@@ -195,39 +248,83 @@ class BigQueryApi:
             self.jobs[reference["jobId"]] = job
         return job
 
+    def query_job_or_error(self, job: dict, config: dict) -> None:
+        """A query that fails while it runs (not when it is parsed) is a DONE job with an errorResult, as in
+        BigQuery: the client raises at `result()` (a 409 here would make it look for a clashing job id)."""
+        try:
+            self.query_job(job, config)
+        except BigQueryError as error:
+            if config.get("dryRun") or error.status == 400 and error.message.startswith("Syntax error"):
+                raise
+            problem = {"reason": error.reason, "message": error.message, "location": "query"}
+            job["status"] = {"state": "DONE", "errorResult": problem, "errors": [problem]}
+            self.failures[job["jobReference"]["jobId"]] = error
+
     def query_job(self, job: dict, config: dict) -> None:
         query = config["query"]
         default = (query.get("defaultDataset") or {}).get("datasetId")
-        sql, read, kind = self.engine.translate(query.get("query", ""), default)
+        statement = self.engine.translate(query.get("query", ""), default)
+        kind, read = statement.kind, statement.read
         reads = [r for r in read if r[1] in self.engine.tables(r[0])] if kind.startswith("CREATE") else read
         billed = self.engine.bytes_read(reads) if reads else 0
         stats = {"totalBytesProcessed": str(billed), "totalBytesBilled": str(billed), "cacheHit": False}
         job["statistics"].update(stats, query={**stats, "statementType": kind})
         if config.get("dryRun"):
             return
-        fields, rows = self.engine.run(sql, query_parameters(query), read)
+        job_id = job["jobReference"]["jobId"]
+        if statement.model is not None:
+            self.run_model_statement(statement, job)
+            self.results[job_id] = ([], [])
+            self.meter_query(billed, job_id, training=kind == "CREATE_MODEL")
+            return
+        fields, rows = self.engine.run(statement, query_parameters(query))
         if kind != "SELECT":
             affected = rows[0][0] if fields and rows and isinstance(rows[0][0], int) else 0
             fields, rows = None, []
             job["statistics"]["query"]["numDmlAffectedRows"] = str(affected)
-        self.results[job["jobReference"]["jobId"]] = (fields or [], rows)
+        self.results[job_id] = (fields or [], rows)
         if fields is not None:
             destination = {"projectId": job["jobReference"]["projectId"], "datasetId": "_anon", "tableId": "_result"}
             query.setdefault("destinationTable", destination)
-        self.meter_query(billed, job["jobReference"]["jobId"])
+        self.meter_query(billed, job_id)
 
-    def meter_query(self, billed: int, job_id: str) -> None:
-        key, prices = "gcp.bigquery.on_demand_per_tib", load_service_prices()
+    def run_model_statement(self, statement, job: dict) -> None:
+        """CREATE MODEL trains (synchronously) and records BigQuery's ML statistics; DROP MODEL deletes."""
+        dataset, name = statement.model
+        job["statistics"]["query"]["ddlTargetTable"] = {
+            "projectId": self.context.project,
+            "datasetId": dataset,
+            "tableId": name,
+        }
+        if statement.kind != "CREATE_MODEL":
+            self.engine.drop_model(statement)
+            return
+        self.engine.create_model(statement)
+        model = self.engine.models.load(dataset, name)
+        job["statistics"]["query"]["mlStatistics"] = {
+            "modelType": rest_model_type(model.model_type),
+            "trainingType": "SINGLE_TRAINING",
+            "maxIterations": str(model.options.get("max_iterations", 20)),
+            "iterationResults": [
+                {"index": row["iteration"], "durationMs": str(row["duration_ms"]), "trainingLoss": row["loss"]}
+                for row in model.training_info
+            ],
+        }
+
+    def meter_query(self, billed: int, job_id: str, training: bool = False) -> None:
+        """On-demand queries by TiB scanned; CREATE MODEL by TiB processed at BigQuery ML's rate."""
+        key = "gcp.bigquery_ml.create_model_per_tib" if training else "gcp.bigquery.on_demand_per_tib"
+        prices = load_service_prices()
         if self.context.ledger is None or key not in prices or not billed:
             return
         self.context.ledger.add(
             CostLine(
                 cloud="gcp",
                 service="bigquery",
-                action="query (on-demand)",
+                action="CREATE MODEL" if training else "query (on-demand)",
                 resource=job_id,
                 quantity=billed / TIB,
-                unit="TiB scanned",
+                unit="TiB processed" if training else "TiB scanned",
                 usd=billed / TIB * prices[key].usd,
                 price_key=key,
             )
@@ -253,6 +350,8 @@ class BigQueryApi:
         return json_response({**answer, "jobReference": self.jobs[job_id]["jobReference"]})
 
     def result_page(self, job_id: str, start: int, limit: int) -> dict:
+        if job_id in self.failures:
+            raise self.failures[job_id]
         fields, rows = self.results.get(job_id, ([], []))
         page = [encode_row(row, fields) for row in rows[start : start + limit]]
         stats = self.jobs[job_id]["statistics"]
@@ -315,6 +414,10 @@ class BigQueryApi:
     def gcs_path(self, uri: str) -> Path:
         bucket, name = storage_store.parse_gs_url(uri)
         return storage_store.for_context(self.context).object_path(bucket, name)
+
+
+def rest_model_type(model_type: str) -> str:
+    return REST_MODEL_TYPES.get(model_type, model_type)
 
 
 def query_parameters(query: dict) -> dict | list | None:
