@@ -4,7 +4,10 @@ Each is measured through the unmodified SDKs, as a notebook calls them, against 
 - `fit()` of a trivial script: what it adds over the same script run directly (budget 1 s);
 - `deploy()` of a small model on one instance, until InService (budget 3 s);
 - `predict()` through the local cloud against a direct POST to the same model server (budget: 3 ms more);
-- Lambda invoke, cold (a new worker: spawn and import) and warm.
+- Lambda invoke, cold (a new worker: spawn and import) and warm;
+- Vertex AI: `CustomTrainingJob.run()` of a trivial scikit-learn script against the script run directly, then
+  `deploy()` of its model on one replica and `predict()` against a direct POST to the replica's model server
+  (the same budgets as SageMaker's).
 """
 
 from __future__ import annotations
@@ -49,6 +52,21 @@ def predict_fn(inputs, model):
 def output_fn(prediction, accept):
     return json.dumps(prediction)
 """
+VERTEX_TRAIN_SCRIPT = """\
+import os
+
+import joblib
+from google.cloud import storage
+from sklearn.linear_model import LogisticRegression
+
+model = LogisticRegression().fit([[0, 0], [1, 1], [0, 1], [1, 0]], [0, 1, 0, 1])
+joblib.dump(model, "model.joblib")
+bucket, _, prefix = os.environ["AIP_MODEL_DIR"][len("gs://"):].partition("/")
+storage.Client().bucket(bucket).blob(prefix + "model.joblib").upload_from_filename("model.joblib")
+print("trained")
+"""
+VERTEX_TRAINING_IMAGE = "us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-0:latest"
+VERTEX_SERVING_IMAGE = "us-docker.pkg.dev/vertex-ai/prediction/sklearn-cpu.1-3:latest"
 HANDLER = "def lambda_handler(event, context):\n    return {'echo': event}\n"
 
 
@@ -201,4 +219,89 @@ def lambda_invoke(lab: Lab) -> list[Row]:
     return [Row("Lambda invoke, cold (new worker)", cold), Row("Lambda invoke, warm", warm, baseline=cold)]
 
 
-SERVICE_MEASUREMENTS = [sagemaker_fit, sagemaker_deploy_and_predict, lambda_invoke]
+def vertex_train_deploy_and_predict(lab: Lab) -> list[Row]:
+    _connect(lab)
+    from google.cloud import aiplatform
+
+    aiplatform.init(project="bench-project", location="us-central1")  # staging: the wired default bucket
+    script = Path(tempfile.mkdtemp(dir=lab.root)) / "train.py"
+    script.write_text(VERTEX_TRAIN_SCRIPT)
+    runs, directs, overheads, model = [], [], [], None
+    for i in range(FIT_RUNS):
+        direct = _run_directly_with(script, {"AIP_MODEL_DIR": f"gs://labcloud-staging/bench-direct/{i}/"})
+        job = aiplatform.CustomTrainingJob(
+            display_name=f"bench-train-{i}",
+            script_path=str(script),
+            container_uri=VERTEX_TRAINING_IMAGE,
+            model_serving_container_image_uri=VERTEX_SERVING_IMAGE,
+        )
+        run = timed(lambda job=job: _keep(job.run(machine_type="n1-standard-4")))
+        model = job.get_model()
+        runs.append(run)
+        directs.append(direct)
+        overheads.append(run - direct)
+
+    deploys, endpoint = [], None
+    for _ in range(DEPLOY_RUNS):
+        if endpoint is not None:
+            endpoint.delete(force=True)
+        endpoint = aiplatform.Endpoint.create(display_name="bench-endpoint")
+        deploys.append(timed(lambda endpoint=endpoint: model.deploy(endpoint=endpoint, machine_type="n1-standard-4")))
+
+    through, straight = _vertex_predictions(lab, endpoint)
+    endpoint.delete(force=True)
+    overhead = statistics.median(through) - statistics.median(straight)
+    return [
+        Row("Vertex CustomTrainingJob.run(), trivial script", runs),
+        Row("  the same script run directly", directs),
+        Row("  run() overhead over the script", overheads, FIT_OVERHEAD_BUDGET_S),
+        Row("Vertex deploy() 1 replica, until deployed", deploys, DEPLOY_BUDGET_S),
+        Row("Vertex predict() through the local cloud", through, baseline=straight),
+        Row("  direct POST to the model server", straight),
+        Row("  predict() overhead (median - median)", [overhead], PREDICT_OVERHEAD_BUDGET_S),
+    ]
+
+
+def _keep(model):
+    if model is None:
+        raise RuntimeError("the benchmark's training job registered no model")
+    return model
+
+
+def _run_directly_with(script: Path, env: dict[str, str]) -> float:
+    run_env = {**os.environ, **env}
+    with tempfile.TemporaryDirectory() as folder:
+        return timed(
+            lambda: subprocess.run(
+                [sys.executable, str(script)], env=run_env, cwd=folder, check=True, capture_output=True
+            )
+        )
+
+
+def _vertex_predictions(lab: Lab, endpoint) -> tuple[list[float], list[float]]:
+    """predict() through the local cloud and a direct POST to the replica's model server, interleaved."""
+    import urllib3
+
+    (deployed,) = endpoint.list_models()
+    ports = list(Path(lab.cloud.state_dir).glob(f"**/vertex-model-servers/{deployed.id}/replica-0.port"))
+    if not ports:
+        raise RuntimeError(f"no model server port file for deployed model {deployed.id}")
+    server = urllib3.HTTPConnectionPool("127.0.0.1", int(ports[0].read_text()))
+    instances = [[1.0, 1.0]]
+    body, headers = json.dumps({"instances": instances}).encode(), {"Content-Type": "application/json"}
+
+    def direct():
+        return json.loads(server.urlopen("POST", "/predict", body=body, headers=headers).data)["predictions"]
+
+    if endpoint.predict(instances=instances).predictions != direct():
+        raise RuntimeError("the endpoint and its model server answered differently")
+    for _ in range(PREDICT_WARMUP):
+        endpoint.predict(instances=instances), direct()
+    through, straight = [], []
+    for _ in range(PREDICT_ITERATIONS):  # interleaved, so both see the same machine state
+        through.append(timed(lambda: endpoint.predict(instances=instances)))
+        straight.append(timed(direct))
+    return through, straight
+
+
+SERVICE_MEASUREMENTS = [sagemaker_fit, sagemaker_deploy_and_predict, lambda_invoke, vertex_train_deploy_and_predict]

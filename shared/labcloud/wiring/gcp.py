@@ -9,13 +9,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
+import warnings
 from pathlib import Path
 
 from ..localcloud.gcp.gateway import LOCAL_TOKEN, PROJECT, TOKEN_PATH
 
 CREDENTIALS_FILE = "gcp-credentials.json"
+DEFAULT_STAGING_BUCKET = "labcloud-staging"
+FAST_POLL_S = 0.1  # the first and shortest wait between two polls of a Vertex operation or training pipeline
 WIRED_VARIABLES = (
     "GOOGLE_APPLICATION_CREDENTIALS",
     "GOOGLE_CLOUD_PROJECT",
@@ -60,20 +65,79 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 def _wire_bigquery(url: str) -> dict[str, str]:
     """google-cloud-bigquery sends every request to BIGQUERY_EMULATOR_HOST (`{host}/bigquery/v2/...`, uploads to
-    `{host}/upload/bigquery/v2/...`) when it is set; credentials stay the local ones."""
+    `{host}/upload/bigquery/v2/...`) when it is set; credentials stay the local ones. The local cloud serves no
+    BigQuery Storage Read API, so the client's warning that it reads results over REST is silenced."""
+    warnings.filterwarnings("ignore", message="BigQuery Storage module not found")
     return {"BIGQUERY_EMULATOR_HOST": url}
 
 
 def _wire_vertex(url: str) -> dict[str, str]:
     """Vertex AI (`aiplatform`, `vertexai`): its global config gets the local cloud as API endpoint, over REST (plain
     http is kept), as soon as the SDK is imported; the learner's own `aiplatform.init(project=..., location=...)`
-    leaves both alone. Credentials are the local ones (GOOGLE_APPLICATION_CREDENTIALS). No variable is needed."""
+    leaves both alone. Credentials are the local ones (GOOGLE_APPLICATION_CREDENTIALS). No variable is needed.
+
+    - Without a staging bucket of the learner's, `gs://labcloud-staging` is the default (created on the local
+      cloud when the SDK is imported); `init(staging_bucket=...)` replaces it, as on Vertex.
+    - The SDK waits 5 s between two polls of a training pipeline and 1 s (growing) between two polls of an
+      operation; on the local cloud jobs and deployments take seconds, so both start at FAST_POLL_S while the
+      local backend is connected (LABCLOUD_FAST_POLL=0 keeps the SDK's own timing)."""
     from .aws import _after_import
 
     def patch(initializer) -> None:
         # read at import time: a later connect() may have started another local cloud
-        initializer.global_config._api_endpoint = os.environ.get("LABCLOUD_URL", url)
+        local_url = os.environ.get("LABCLOUD_URL", url)
+        initializer.global_config._api_endpoint = local_url
         initializer.global_config._api_transport = "rest"
+        default = f"gs://{DEFAULT_STAGING_BUCKET}"
+        if initializer.global_config._staging_bucket in (None, default):  # the learner's own bucket stays
+            initializer.global_config._staging_bucket = default
+            _create_bucket(local_url, DEFAULT_STAGING_BUCKET)
 
     _after_import("google.cloud.aiplatform.initializer", patch)
+    if os.environ.get("LABCLOUD_FAST_POLL", "1") != "0":
+        _after_import("google.cloud.aiplatform.training_jobs", _fast_pipeline_polls)
+        _after_import("google.api_core.operation", _fast_operation_polls)
     return {}
+
+
+def _create_bucket(url: str, name: str) -> None:
+    """Create a bucket on the local cloud unless it exists (a failure here shows up, clearly, at first use)."""
+    import requests
+
+    with contextlib.suppress(requests.RequestException):
+        requests.post(
+            f"{url}/storage/v1/b",
+            params={"project": PROJECT},
+            json={"name": name},
+            headers={"Authorization": f"Bearer {LOCAL_TOKEN}"},
+            timeout=10,
+        )
+
+
+def _fast_pipeline_polls(module) -> None:
+    """training_jobs' `time` becomes one whose sleeps are short while the local backend is connected (its clock
+    counts them in full, so the SDK's log lines stay as far apart as it meant)."""
+    from .aws import _FastTime
+
+    if getattr(module, "time", None) is time:
+        module.time = _FastTime()
+
+
+def _fast_operation_polls(module) -> None:
+    """Operations the Vertex SDK waits on poll from FAST_POLL_S (growing as the SDK's do) on the local cloud."""
+    from google.api_core.future import polling
+
+    from .aws import is_local
+
+    original = module.from_gapic
+    if getattr(original, "labcloud_fast", False):
+        return
+    fast = polling.DEFAULT_POLLING.with_delay(initial=FAST_POLL_S, maximum=2.0, multiplier=1.5)
+
+    def from_gapic(operation, operations_client, result_type, grpc_metadata=None, **kwargs):
+        if is_local() and "polling" not in kwargs:
+            kwargs["polling"] = fast
+        return original(operation, operations_client, result_type, grpc_metadata=grpc_metadata, **kwargs)
+
+    from_gapic.labcloud_fast = True
+    module.from_gapic = from_gapic

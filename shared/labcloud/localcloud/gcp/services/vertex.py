@@ -1,10 +1,7 @@
-"""Vertex AI on the local cloud, over Vertex's REST API: Gemini's `generateContent`, and Google's errors for the
-model and endpoint resources.
+"""Vertex AI on the local cloud, over Vertex's REST API: Gemini's `generateContent`.
 
-Status: only Gemini `generateContent` is served for real (answered by the course's deterministic stand-in model,
-which announces itself). Custom training, model upload, endpoints and deploy are not implemented yet: a `get` of an
-endpoint or model, and a `predict` on an endpoint, answer 404 NOT_FOUND in Google's shape, as Vertex does for an
-unknown resource.
+It is answered by the course's deterministic stand-in model, which announces itself. Custom training lives in
+`vertex_training`, models, endpoints and online prediction in `vertex_endpoints`.
 """
 
 from __future__ import annotations
@@ -29,20 +26,6 @@ def register(gateway, context) -> None:
     gateway.route(
         "POST", _LOCATION + r"/publishers/google/models/(?P<model>[^/:]+):generateContent", _generate(context)
     )
-    for kind in ("endpoints", "models"):
-        gateway.route("GET", _LOCATION + rf"/{kind}/(?P<id>[^/:]+)", _not_found(kind))
-    gateway.route("POST", _LOCATION + r"/endpoints/(?P<id>[^/:]+):(?:raw)?predict", _not_found("endpoints"))
-
-
-def _not_found(kind: str):
-    def handler(request: GcpRequest):
-        p = request.params
-        raise GoogleError(
-            404,
-            f"{kind[:-1].capitalize()} `projects/{p['project']}/locations/{p['location']}/{kind}/{p['id']}` not found.",
-        )
-
-    return handler
 
 
 def _generate(context):
