@@ -49,9 +49,13 @@ MERCHANT_CATEGORIES = ["grocery", "electronics", "travel", "restaurants", "gamin
 _CATEGORY_RISK = {"grocery": -1.0, "electronics": 0.6, "travel": 0.4, "restaurants": -0.6, "gaming": 0.9, "fuel": -0.3}
 
 
-def fraud_transactions(n: int, seed: int = 0, fraud_rate: float = 0.04) -> pd.DataFrame:
+def fraud_transactions(n: int, seed: int = 0, fraud_rate: float = 0.04, chargebacks: bool = False) -> pd.DataFrame:
     """`n` card transactions with `is_fraud`, reproducible from `seed`: large amounts at night, in risky
-    categories, from new accounts, abroad, or in a burst make fraud likelier; about `fraud_rate` are fraud."""
+    categories, from new accounts, abroad, or in a burst make fraud likelier; about `fraud_rate` are fraud.
+
+    With `chargebacks`, a column `chargeback_filed` is added, as a bank's warehouse has it: set when the card
+    holder disputes the charge, days *after* the transaction — for 90% of frauds and 0.5% of the rest. It is
+    known only once the outcome is, so a model must not learn from it (label leakage)."""
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame(
         {
@@ -75,6 +79,9 @@ def fraud_transactions(n: int, seed: int = 0, fraud_rate: float = 0.04) -> pd.Da
     # shift the risk so that the expected share of fraud is `fraud_rate`
     offset = _logit_offset(risk.to_numpy(), fraud_rate)
     frame["is_fraud"] = rng.random(n) < 1 / (1 + np.exp(-(risk.to_numpy() + offset)))
+    if chargebacks:
+        disputed = rng.random(n)
+        frame["chargeback_filed"] = np.where(frame["is_fraud"], disputed < 0.9, disputed < 0.005)
     return frame
 
 

@@ -149,6 +149,18 @@ COURSE_NOTES: tuple[tuple[str, str], ...] = (
         "predicted_<label> columns.",
     ),
     (
+        "fraud review of a flagged card payment",
+        "A flagged card payment is worth a closer look when it is unusual for the card: a large amount, at night, "
+        "in a risky merchant category, from a new account, abroad, or in a burst of payments within a day. Check "
+        "the card's recent history and confirm with the card holder before blocking it.",
+    ),
+    (
+        "label leakage",
+        "Label leakage is a feature that is known only because of the outcome, such as a chargeback filed after "
+        "a fraud. It makes evaluation metrics look excellent and fails in production; train only on what is "
+        "known at prediction time.",
+    ),
+    (
         "Azure Machine Learning",
         "Azure Machine Learning runs command jobs on a compute cluster: you give the code folder, the command, "
         "an environment and inputs, and the job streams its logs; clusters can scale to zero nodes when idle.",
