@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from labcloud.localcloud import control
@@ -11,3 +13,26 @@ def own_cloud(tmp_path, monkeypatch):
     info = control.start(state, port=0)
     yield info
     control.stop(state)
+
+
+@pytest.fixture
+def connection():
+    """This process's clients pointed at the session's local cloud, as a notebook does; the environment is restored."""
+    import labcloud
+
+    saved = dict(os.environ)
+    yield labcloud.connect("local")
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def vertex(connection):
+    """The Vertex SDK wired the way a notebook is, after the learner's own `init`; its global config is restored."""
+    from google.cloud import aiplatform
+    from google.cloud.aiplatform import initializer
+
+    aiplatform.init(project="my-project", location="us-central1")  # the learner's own init keeps the wiring
+    yield aiplatform
+    initializer.global_config._api_endpoint = None
+    initializer.global_config._api_transport = None

@@ -21,14 +21,6 @@ FRAUD_FEATURES = "amount, hour, merchant_category, account_age_days, transaction
 
 
 @pytest.fixture
-def connection():
-    saved = dict(os.environ)
-    yield labcloud.connect("local")
-    os.environ.clear()
-    os.environ.update(saved)
-
-
-@pytest.fixture
 def client(connection):
     return bigquery.Client()
 

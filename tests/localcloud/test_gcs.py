@@ -17,19 +17,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage import blob as blob_module
 
-import labcloud
 from labcloud.localcloud import control
 from labcloud.localcloud.gcp import storage_store
 from labcloud.pricing.ledger import CostLedger
-
-
-@pytest.fixture
-def connection(monkeypatch):
-    """This process's clients pointed at the session's local cloud, as a notebook does; the environment is restored."""
-    saved = dict(os.environ)
-    yield labcloud.connect("local")
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 @pytest.fixture

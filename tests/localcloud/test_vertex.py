@@ -1,35 +1,11 @@
 """Vertex AI on the local cloud, through the unmodified google-cloud-aiplatform SDK: Gemini's generateContent (shape,
 usage, finish reasons, the meter) and Google's errors for unknown resources and malformed requests."""
 
-import os
-
 import pytest
 import requests
 from google.api_core import exceptions
 
-import labcloud
 from labcloud.localcloud.gcp.gateway import LOCAL_TOKEN
-
-
-@pytest.fixture
-def connection():
-    """This process's clients pointed at the session's local cloud, as a notebook does; the environment is restored."""
-    saved = dict(os.environ)
-    yield labcloud.connect("local")
-    os.environ.clear()
-    os.environ.update(saved)
-
-
-@pytest.fixture
-def vertex(connection):
-    """The SDK wired the way a notebook is, after the learner's own `init`; its global config is restored."""
-    from google.cloud import aiplatform
-    from google.cloud.aiplatform import initializer
-
-    aiplatform.init(project="my-project", location="us-central1")  # the learner's own init keeps the wiring
-    yield aiplatform
-    initializer.global_config._api_endpoint = None
-    initializer.global_config._api_transport = None
 
 
 def test_gemini_generate_content_through_the_sdk(vertex):

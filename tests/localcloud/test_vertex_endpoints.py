@@ -10,7 +10,6 @@ import requests
 from google.api_core import exceptions
 from google.cloud import storage
 from sklearn.tree import DecisionTreeClassifier
-from test_vertex import connection, vertex  # noqa: F401  (the SDK wired as a notebook does)
 
 from labcloud.localcloud.gcp.gateway import LOCAL_TOKEN
 
@@ -19,7 +18,7 @@ FEATURES = [[0, 0], [1, 1], [0, 1], [1, 0], [2, 2], [2, 0]]
 
 
 @pytest.fixture
-def upload(vertex, tmp_path):  # noqa: F811
+def upload(vertex, tmp_path):
     """upload(labels, files=None) -> (aiplatform.Model, the fitted estimator): a decision tree trained on FEATURES
     with these labels, saved as model.joblib (or the given {name: bytes}) under a fresh gs:// folder."""
 
@@ -41,11 +40,11 @@ def upload(vertex, tmp_path):  # noqa: F811
     return make
 
 
-def _predict_url(connection, endpoint) -> str:  # noqa: F811
+def _predict_url(connection, endpoint) -> str:
     return f"{connection.server.url}/v1/{endpoint.resource_name}:predict"
 
 
-def test_upload_deploy_predict_undeploy_and_delete(vertex, upload, connection):  # noqa: F811
+def test_upload_deploy_predict_undeploy_and_delete(vertex, upload, connection):
     model, estimator = upload([0, 1, 0, 1, 1, 0])
     assert vertex.Model(model.resource_name).display_name == model.display_name
     assert [m.resource_name for m in vertex.Model.list(filter=f'display_name="{model.display_name}"')] == [
@@ -91,7 +90,7 @@ def test_upload_deploy_predict_undeploy_and_delete(vertex, upload, connection): 
     assert line["price_key"] == "vertex-prediction:n1-standard-4+T4" and line["usd"] > 0
 
 
-def test_traffic_split_between_two_deployed_models(vertex, upload):  # noqa: F811
+def test_traffic_split_between_two_deployed_models(vertex, upload):
     first, _ = upload([0, 0, 0, 0, 0, 0])
     second, _ = upload([1, 1, 1, 1, 1, 1])
     endpoint = vertex.Endpoint.create(display_name="split-endpoint")
@@ -112,7 +111,7 @@ def test_traffic_split_between_two_deployed_models(vertex, upload):  # noqa: F81
     assert vertex.Endpoint.list(filter='display_name="split-endpoint"') == []
 
 
-def test_bad_requests_are_answered_in_googles_shape(vertex, connection):  # noqa: F811
+def test_bad_requests_are_answered_in_googles_shape(vertex, connection):
     endpoint = vertex.Endpoint.create(display_name="empty-endpoint")
     headers = {"Authorization": f"Bearer {LOCAL_TOKEN}"}
     for body in ({"instances": "not a list"}, {"instances": []}, {}):
@@ -130,7 +129,7 @@ def test_bad_requests_are_answered_in_googles_shape(vertex, connection):  # noqa
     endpoint.delete()
 
 
-def test_an_artifact_the_prebuilt_containers_cannot_serve_fails_the_deploy(vertex, upload):  # noqa: F811
+def test_an_artifact_the_prebuilt_containers_cannot_serve_fails_the_deploy(vertex, upload):
     model, _ = upload([0, 1, 0, 1, 1, 0], files={"saved_model.pb": b"not a scikit-learn model"})
     endpoint = vertex.Endpoint.create(display_name="failing-endpoint")
     with pytest.raises(exceptions.GoogleAPICallError, match="No model file found.*saved_model.pb"):

@@ -7,7 +7,6 @@ import textwrap
 
 import pytest
 from google.cloud import storage
-from test_vertex import connection, vertex  # noqa: F401  (the SDK wired as a notebook does)
 
 TRAINING_IMAGE = "us-docker.pkg.dev/vertex-ai/training/pytorch-gpu.2-0:latest"
 SERVING_IMAGE = "us-docker.pkg.dev/vertex-ai/prediction/sklearn-cpu.1-3:latest"
@@ -35,7 +34,7 @@ print("trained with C =", args.c)
 
 
 @pytest.fixture
-def training_job(vertex, tmp_path):  # noqa: F811
+def training_job(vertex, tmp_path):
     """make(script_source, **job_options) -> a CustomTrainingJob for that script, written into tmp_path."""
 
     def make(source: str, **options):
@@ -54,7 +53,7 @@ def _read_json(uri: str) -> dict:
     return json.loads(storage.Client().bucket(bucket).blob(name).download_as_bytes())
 
 
-def test_run_trains_for_real_registers_the_model_and_meters_the_machine(training_job, connection):  # noqa: F811
+def test_run_trains_for_real_registers_the_model_and_meters_the_machine(training_job, connection):
     job = training_job(TRAIN_AND_SAVE, requirements=["scikit-learn", "joblib"])
     model = job.run(
         machine_type="a2-highgpu-8g",
@@ -83,7 +82,7 @@ def test_run_trains_for_real_registers_the_model_and_meters_the_machine(training
     assert line["usd"] > 0 and line["unit"] == "replica-hours"
 
 
-def test_a_failing_script_fails_the_pipeline_with_its_error(training_job, vertex):  # noqa: F811
+def test_a_failing_script_fails_the_pipeline_with_its_error(training_job, vertex):
     job = training_job("import sys\nprint('loading data')\nsys.exit('boom: the data file is missing')\n")
     with pytest.raises(RuntimeError, match="non-zero status of 1") as failure:
         job.run(replica_count=1, machine_type="n1-standard-4")
