@@ -9,7 +9,6 @@ import math
 from . import passed, require
 
 LEAKY_COLUMNS = ("chargeback_filed",)
-NOT_FEATURES = ("transaction_id", "is_fraud")
 
 
 def roc_auc_on_test(client, model: str, test_table: str, label: str = "is_fraud") -> float:
@@ -32,11 +31,9 @@ def model_features(client, model: str) -> list[str]:
 def check_no_leakage(client, model: str, test_table: str) -> None:
     exercise = "Exercise 1 (fix the label leakage)"
     features = model_features(client, model)
-    leaked = [c for c in features if c in LEAKY_COLUMNS]
-    require(
-        not leaked,
+    _require_no_leak(
+        features,
         exercise,
-        f"the model still learns from {', '.join(leaked)}",
         "a chargeback is filed days after the transaction, because it was fraud: leave it out of the SELECT "
         "(SELECT * EXCEPT(...) lists the columns to drop).",
     )
@@ -58,12 +55,9 @@ def check_no_leakage(client, model: str, test_table: str) -> None:
 
 def check_beats_baseline(client, model: str, baseline_auc: float, test_table: str, margin: float = 0.02) -> None:
     exercise = "Exercise 2 (a better feature)"
-    features = model_features(client, model)
-    leaked = [c for c in features if c in LEAKY_COLUMNS]
-    require(
-        not leaked,
+    _require_no_leak(
+        model_features(client, model),
         exercise,
-        f"the model uses {', '.join(leaked)}",
         "that is known only after the outcome (exercise 1): a model may only use what is known at payment time.",
     )
     auc = roc_auc_on_test(client, model, test_table)
@@ -75,6 +69,11 @@ def check_beats_baseline(client, model: str, baseline_auc: float, test_table: st
         "riskier; add one or more of them.",
     )
     passed(exercise, f"at least {margin} ROC AUC above the baseline, recomputed from ML.PREDICT")
+
+
+def _require_no_leak(features: list[str], exercise: str, hint: str) -> None:
+    leaked = [c for c in features if c in LEAKY_COLUMNS]
+    require(not leaked, exercise, f"the model learns from {', '.join(leaked)}", hint)
 
 
 def replicas_needed(requests_per_second: float, replica_capacity_rps: float, target_utilization: float) -> int:
