@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..pricing.catalog import Catalog
-from ..pricing.ledger import CostLedger
+from ..pricing.ledger import CostLedger, CostLine
 from .processes import ChildProcesses
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ class CloudContext:
     catalog: Catalog
     children: ChildProcesses
     url: str = ""  # the local cloud's own URL, known once the server has bound its port
+    cloud: str = ""  # "aws", "gcp": the cloud the meter's lines are for
     _started_hooks: list[Callable[[], None]] = field(default_factory=list)
     _shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
 
@@ -43,6 +44,24 @@ class CloudContext:
         thread = threading.Thread(target=run, name=name, daemon=True)
         thread.start()
         return thread
+
+    def meter(
+        self, *, service: str, action: str, resource: str, quantity: float, unit: str, usd: float, price_key: str
+    ) -> None:
+        """Add what an action would have cost on the real cloud to the meter."""
+        if self.ledger is not None:
+            self.ledger.add(
+                CostLine(
+                    cloud=self.cloud,
+                    service=service,
+                    action=action,
+                    resource=resource,
+                    quantity=quantity,
+                    unit=unit,
+                    usd=usd,
+                    price_key=price_key,
+                )
+            )
 
     def records(self, kind: str) -> Path:
         """The folder for one kind of record, e.g. records("training-jobs")."""

@@ -23,6 +23,7 @@ LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY = "labcloud", "labcloud-local-only"
 
 @dataclass(kw_only=True)
 class AwsContext(CloudContext):
+    cloud: str = "aws"
     lock: threading.RLock  # moto's lock: hold it to read or change moto's backends directly
     call_moto: Callable  # (request, environ) -> Response: let moto answer, e.g. to validate and store
     mark_dirty: Callable[[str], None]  # (moto service name): save it in the next snapshot, after a direct change

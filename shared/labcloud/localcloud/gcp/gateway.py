@@ -156,4 +156,5 @@ def _token(request: GcpRequest) -> Response:
 
 @dataclass(kw_only=True)
 class GcpContext(CloudContext):
+    cloud: str = "gcp"
     project: str = PROJECT

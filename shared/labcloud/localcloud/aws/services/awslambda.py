@@ -48,7 +48,6 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from ....pricing.catalog import load_service_prices
-from ....pricing.ledger import CostLine
 from ....runtime import lambda_worker
 from ..context import ACCOUNT_ID, AwsContext, read_json
 from ..errors import Response, aws_error
@@ -850,17 +849,14 @@ class LambdaService:
         gb_seconds = billed_ms / 1000 * spec.memory_mb / 1024
         duration_key = PRICE_PROVISIONED_DURATION if provisioned else PRICE_DURATION
         usd = gb_seconds * self._price(duration_key) + self._price(PRICE_REQUESTS) / 1_000_000
-        self.context.ledger.add(
-            CostLine(
-                cloud="aws",
-                service="lambda",
-                action="Invoke",
-                resource=spec.name,
-                quantity=gb_seconds,
-                unit="GB-second",
-                usd=usd,
-                price_key=f"{duration_key} + {PRICE_REQUESTS}",
-            )
+        self.context.meter(
+            service="lambda",
+            action="Invoke",
+            resource=spec.name,
+            quantity=gb_seconds,
+            unit="GB-second",
+            usd=usd,
+            price_key=f"{duration_key} + {PRICE_REQUESTS}",
         )
 
     def _meter_provisioned(self, config: ProvisionedConfig) -> None:
@@ -869,17 +865,14 @@ class LambdaService:
         seconds = math.ceil(max(now - config.since, 1) / 300) * 300
         config.since = now
         gb_seconds = seconds * config.requested * config.memory_mb / 1024
-        self.context.ledger.add(
-            CostLine(
-                cloud="aws",
-                service="lambda",
-                action="ProvisionedConcurrency",
-                resource=f"{config.function}:{config.qualifier}",
-                quantity=gb_seconds,
-                unit="GB-second configured",
-                usd=gb_seconds * self._price(PRICE_PROVISIONED),
-                price_key=PRICE_PROVISIONED,
-            )
+        self.context.meter(
+            service="lambda",
+            action="ProvisionedConcurrency",
+            resource=f"{config.function}:{config.qualifier}",
+            quantity=gb_seconds,
+            unit="GB-second configured",
+            usd=gb_seconds * self._price(PRICE_PROVISIONED),
+            price_key=PRICE_PROVISIONED,
         )
 
     def _price(self, key: str) -> float:

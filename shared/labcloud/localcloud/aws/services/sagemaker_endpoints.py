@@ -48,7 +48,6 @@ import urllib3
 from moto.sagemaker.utils import arn_formatter
 
 from ....pricing.catalog import UnknownInstanceType
-from ....pricing.ledger import CostLine
 from ....runtime import model_server
 from ..context import ACCOUNT_ID, AwsContext, json_response, read_json
 from ..errors import Response, aws_error
@@ -791,17 +790,14 @@ class EndpointService:
         except UnknownInstanceType:
             log.warning("%s is not in the instance catalog: its endpoint hours are metered at $0", instance_type)
             usd, price_key = 0.0, f"sagemaker-inference:{instance_type}"
-        self.context.ledger.add(
-            CostLine(
-                cloud="aws",
-                service="sagemaker",
-                action="Endpoint",
-                resource=f"{endpoint.name}/{variant.spec.name}",
-                quantity=hours,
-                unit="instance-hour",
-                usd=usd,
-                price_key=price_key,
-            )
+        self.context.meter(
+            service="sagemaker",
+            action="Endpoint",
+            resource=f"{endpoint.name}/{variant.spec.name}",
+            quantity=hours,
+            unit="instance-hour",
+            usd=usd,
+            price_key=price_key,
         )
 
     # --- moto's record, our record --------------------------------------------------------------------------

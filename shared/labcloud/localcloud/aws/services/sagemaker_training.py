@@ -37,7 +37,6 @@ from functools import cache
 from pathlib import Path
 
 from ....pricing.catalog import UnknownInstanceType
-from ....pricing.ledger import CostLine
 from ....runtime.sagemaker_training import JobFailed, Outcome, TrainingRun, TrainingSpec
 from ..context import AwsContext, json_response, read_json
 from ..errors import Response, aws_error
@@ -511,17 +510,14 @@ class TrainingJobs:
         # round() first: 3 * 1.408 / 1.408 is 3.0000000000000004, which ceil() makes 4
         record.billable_seconds = max(1, math.ceil(round(record.training_seconds * hourly / on_demand, 6)))
         instance_hours = int(resources.get("InstanceCount") or 1) * wall_s / 3600
-        self.context.ledger.add(
-            CostLine(
-                cloud="aws",
-                service="sagemaker",
-                action="TrainingJob",
-                resource=record.name,
-                quantity=instance_hours,
-                unit="instance-hour",
-                usd=hourly * instance_hours,
-                price_key=price_key,
-            )
+        self.context.meter(
+            service="sagemaker",
+            action="TrainingJob",
+            resource=record.name,
+            quantity=instance_hours,
+            unit="instance-hour",
+            usd=hourly * instance_hours,
+            price_key=price_key,
         )
 
     def _note_unpriced(self, observer: JobObserver, spec: TrainingSpec) -> None:

@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 
 from ....pricing.catalog import load_service_prices
-from ....pricing.ledger import CostLine
 from .. import storage_store
 from ..bigquery.engine import BigQueryError, Engine, encode_row
 from ..bigquery.ml import REST_MODEL_TYPES
@@ -317,17 +316,14 @@ class BigQueryApi:
         prices = load_service_prices()
         if self.context.ledger is None or key not in prices or not billed:
             return
-        self.context.ledger.add(
-            CostLine(
-                cloud="gcp",
-                service="bigquery",
-                action="CREATE MODEL" if training else "query (on-demand)",
-                resource=job_id,
-                quantity=billed / TIB,
-                unit="TiB processed" if training else "TiB scanned",
-                usd=billed / TIB * prices[key].usd,
-                price_key=key,
-            )
+        self.context.meter(
+            service="bigquery",
+            action="CREATE MODEL" if training else "query (on-demand)",
+            resource=job_id,
+            quantity=billed / TIB,
+            unit="TiB processed" if training else "TiB scanned",
+            usd=billed / TIB * prices[key].usd,
+            price_key=key,
         )
 
     def query(self, request: GcpRequest) -> Response:

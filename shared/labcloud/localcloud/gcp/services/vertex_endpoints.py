@@ -43,7 +43,6 @@ from pathlib import Path
 
 import urllib3
 
-from ....pricing.ledger import CostLine
 from ....runtime import vertex_model_server
 from .. import storage_store
 from ..gateway import GcpRequest, GoogleError, json_response
@@ -565,17 +564,14 @@ class VertexAi:
         shape = machine_type + (f" + {machine.get('acceleratorCount', 1)} x {accelerator}" if accelerator else "")
         if instance is None:
             log.warning("Vertex prediction on %s is not in the price catalog: not metered", shape)
-        self.context.ledger.add(
-            CostLine(
-                cloud="gcp",
-                service="vertex-ai",
-                action="online-prediction",
-                resource=f"{endpoint_name.rsplit('/', 1)[-1]}/{deployed['id']} ({shape})",
-                quantity=hours,
-                unit="node-hours",
-                usd=hours * instance.on_demand_usd_per_hour if instance else 0.0,
-                price_key=instance.id if instance else "",
-            )
+        self.context.meter(
+            service="vertex-ai",
+            action="online-prediction",
+            resource=f"{endpoint_name.rsplit('/', 1)[-1]}/{deployed['id']} ({shape})",
+            quantity=hours,
+            unit="node-hours",
+            usd=hours * instance.on_demand_usd_per_hour if instance else 0.0,
+            price_key=instance.id if instance else "",
         )
 
     # ---- restart and shutdown

@@ -23,7 +23,6 @@ import threading
 import time
 from pathlib import Path
 
-from ....pricing.ledger import CostLine
 from ....runtime.vertex_training import JobCancelled, JobFailed, TrainingRun, TrainingSpec, snake
 from .. import storage_store
 from ..gateway import GcpRequest, GoogleError, json_response
@@ -211,17 +210,14 @@ class TrainingPipelines:
             hours = seconds / 3600 * replicas
             instance = find_vertex_instance(self.context.catalog, "vertex-training", machine_type, accelerator)
             shape = machine_type + (f" + {machine.get('accelerator_count', 1)} x {accelerator}" if accelerator else "")
-            self.context.ledger.add(
-                CostLine(
-                    cloud="gcp",
-                    service="vertex-ai",
-                    action="custom-training",
-                    resource=f"{self.pipelines[name]['displayName']}/{spec.job_id} workerpool{pool} ({shape})",
-                    quantity=hours,
-                    unit="replica-hours",
-                    usd=hours * instance.on_demand_usd_per_hour if instance else 0.0,
-                    price_key=instance.id if instance else "",
-                )
+            self.context.meter(
+                service="vertex-ai",
+                action="custom-training",
+                resource=f"{self.pipelines[name]['displayName']}/{spec.job_id} workerpool{pool} ({shape})",
+                quantity=hours,
+                unit="replica-hours",
+                usd=hours * instance.on_demand_usd_per_hour if instance else 0.0,
+                price_key=instance.id if instance else "",
             )
 
     def _note_unpriced(self, run: TrainingRun, spec: TrainingSpec) -> None:
