@@ -1,4 +1,5 @@
-"""connect("local") gives the Google clients default credentials that hold a local token and need no refresh."""
+"""connect("local") gives the Google clients default credentials that hold a local token and need no refresh, routes
+only Google's requests to the Google gateway, and makes the clients fail fast when the local cloud is down."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 
+import pytest
+
+import labcloud
 from labcloud.localcloud.gcp.gateway import GcpGateway, GoogleError, google_error
 
 
@@ -37,3 +42,28 @@ def test_requests_signed_for_aws_never_go_to_the_google_gateway():
     assert gateway.handles(token_request)
     assert not gateway.handles({**token_request, "HTTP_AUTHORIZATION": "AWS4-HMAC-SHA256 Credential=x"})
     assert not gateway.handles({"PATH_INFO": "/my-bucket/key.txt", "REQUEST_METHOD": "GET"})
+
+
+def test_clients_fail_fast_when_the_local_cloud_is_down(own_cloud, tmp_path):
+    from google.cloud import bigquery, storage
+
+    from labcloud.localcloud import control
+    from labcloud.wiring.gcp import LocalCloudUnreachable
+
+    saved = dict(os.environ)
+    try:
+        labcloud.connect("local")  # the test's own cloud (LABCLOUD_HOME)
+        gcs, bq = storage.Client(), bigquery.Client()
+        gcs.create_bucket("still-here")
+        control.stop(tmp_path / "state")
+        for call in (lambda: list(gcs.list_buckets()), lambda: bq.query("SELECT 1").result()):
+            started = time.monotonic()
+            with pytest.raises(LocalCloudUnreachable, match="does not answer"):
+                call()
+            assert time.monotonic() - started < 5  # not the clients' minutes of retries
+        control.start(tmp_path / "state", port=0)
+        labcloud.connect("local")
+        assert "still-here" in [b.name for b in storage.Client().list_buckets()]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

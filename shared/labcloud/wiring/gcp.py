@@ -5,6 +5,8 @@
   of such credentials to Google's own token endpoint, whatever the file says); a default project.
 - Cloud Storage: `STORAGE_EMULATOR_HOST`, which google-cloud-storage honours.
 - BigQuery and Vertex AI: see `_wire_bigquery` and `_wire_vertex`.
+- Failing fast: the Google clients retry a refused connection for minutes; to the local cloud, it fails at once
+  with `LocalCloudUnreachable` (see `_fail_fast_when_down`).
 """
 
 from __future__ import annotations
@@ -40,8 +42,40 @@ def wire(url: str, state_dir: Path) -> dict[str, str]:
     }
     env.update(_wire_bigquery(url))
     env.update(_wire_vertex(url))
+    from .aws import _after_import
+
+    _after_import("google.auth.transport.requests", _fail_fast_when_down)
     os.environ.update(env)
     return env
+
+
+class LocalCloudUnreachable(RuntimeError):
+    """The local cloud does not answer. A RuntimeError: no Google client retries it (they retry ConnectionError)."""
+
+
+def _fail_fast_when_down(module) -> None:
+    """Every Google client sends its requests through google-auth's AuthorizedSession: a refused connection to the
+    local cloud becomes LocalCloudUnreachable, with what to do, instead of minutes of silent retries."""
+    import requests
+
+    original = module.AuthorizedSession.request
+    if getattr(original, "labcloud_fail_fast", False):
+        return
+
+    def request(self, method, url, *args, **kwargs):
+        try:
+            return original(self, method, url, *args, **kwargs)
+        except requests.exceptions.ConnectionError:
+            local = os.environ.get("LABCLOUD_URL")
+            if local and str(url).startswith(local):
+                raise LocalCloudUnreachable(
+                    f"the local cloud at {local} does not answer. Start it again with labcloud.connect('local') "
+                    "(or `labcloud up` in a terminal); what it stored is kept."
+                ) from None
+            raise
+
+    request.labcloud_fail_fast = True
+    module.AuthorizedSession.request = request
 
 
 def local_credentials(url: str) -> dict:
