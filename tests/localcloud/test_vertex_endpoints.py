@@ -137,3 +137,23 @@ def test_an_artifact_the_prebuilt_containers_cannot_serve_fails_the_deploy(verte
     assert endpoint.list_models() == []
     endpoint.delete()
     model.delete()
+
+
+def test_a_torchscript_model_is_served_as_the_pytorch_container_would(vertex, upload, tmp_path):
+    import io
+
+    import torch
+
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Softmax(dim=1)).eval()
+    saved = io.BytesIO()
+    torch.jit.save(torch.jit.script(network), saved)
+    model, _ = upload([0, 1, 0, 1, 1, 0], files={"model.pt": saved.getvalue()})
+    endpoint = vertex.Endpoint.create(display_name="torch-endpoint")
+    model.deploy(endpoint=endpoint, machine_type="n1-standard-4")
+    predictions = endpoint.predict(instances=FEATURES).predictions
+    with torch.no_grad():
+        expected = network(torch.tensor(FEATURES, dtype=torch.float32)).tolist()
+    assert [p for row in predictions for p in row] == pytest.approx([p for row in expected for p in row], rel=1e-6)
+    endpoint.delete(force=True)
+    model.delete()

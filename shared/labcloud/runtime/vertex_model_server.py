@@ -9,9 +9,13 @@ Vertex's prebuilt scikit-learn and XGBoost containers load the one model file th
 - `model.joblib` (joblib) or `model.pkl` (pickle): a scikit-learn estimator or pipeline, or an XGBoost model in
   its scikit-learn API (`XGBClassifier`, ...); predictions are `model.predict(instances)`.
 - `model.bst`: an XGBoost `Booster`; predictions are `booster.predict(DMatrix(instances))`.
+- `model.pt`: PyTorch, as a TorchScript module (`torch.jit.save(torch.jit.script(model), "model.pt")`);
+  predictions are `model(torch.tensor(instances, dtype=torch.float32)).tolist()`. This is the local cloud's
+  documented contract for PyTorch: Vertex's prebuilt PyTorch container serves a TorchServe archive
+  (`model.mar`) whose handler does this conversion; a TorchScript file needs no handler code of yours.
 
 Not served (the server exits with a message naming what it found, and deployModel fails with it): TensorFlow
-SavedModels, PyTorch archives (`.mar`) and custom containers, which need the framework's own server. Like the
+SavedModels, TorchServe archives (`.mar`) and custom containers, which need the framework's own server. Like the
 prebuilt containers, `parameters` in the request body are ignored, and a model with more than one model file
 is refused (Vertex's containers refuse it too). The port is written to `--port-file` once the model is loaded.
 """
@@ -29,7 +33,7 @@ import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-MODEL_FILES = ("model.joblib", "model.pkl", "model.bst")
+MODEL_FILES = ("model.joblib", "model.pkl", "model.bst", "model.pt")
 DEFAULT_PREDICT_ROUTE = "/predict"
 DEFAULT_HEALTH_ROUTE = "/health"
 
@@ -46,8 +50,8 @@ def find_model_file(artifact_dir: Path) -> Path:
     listing = sorted(p.name for p in artifact_dir.iterdir()) if artifact_dir.is_dir() else []
     if not present:
         raise UnservableArtifact(
-            f"No model file found in the model's artifactUri: the prebuilt scikit-learn/XGBoost containers need "
-            f"one of {', '.join(MODEL_FILES)}; found {listing or 'nothing'}."
+            f"No model file found in the model's artifactUri: the prebuilt scikit-learn/XGBoost/PyTorch containers "
+            f"need one of {', '.join(MODEL_FILES)}; found {listing or 'nothing'}."
         )
     raise UnservableArtifact(f"More than one model file in the model's artifactUri: {[p.name for p in present]}.")
 
@@ -60,6 +64,8 @@ def load_model(model_file: Path):
         booster = xgboost.Booster()
         booster.load_model(str(model_file))
         return booster, lambda instances: booster.predict(xgboost.DMatrix(instances))
+    if model_file.name == "model.pt":
+        return _torchscript(model_file)
     if model_file.name == "model.joblib":
         import joblib
 
@@ -68,6 +74,18 @@ def load_model(model_file: Path):
         with model_file.open("rb") as f:
             model = pickle.load(f)
     return model, model.predict
+
+
+def _torchscript(model_file: Path):
+    import torch
+
+    module = torch.jit.load(str(model_file), map_location="cpu").eval()
+
+    def predict(instances):
+        with torch.no_grad():
+            return module(torch.tensor(instances, dtype=torch.float32)).tolist()
+
+    return module, predict
 
 
 def _as_json(predictions) -> list:
