@@ -132,6 +132,22 @@ def test_load_from_cloud_storage_csv(client, dataset):
     assert [(r["id"], r["name"]) for r in rows] == [(1, "a"), (2, "b")]
 
 
+def test_load_from_cloud_storage_parquet(client, dataset):
+    from google.cloud import storage
+
+    frame = pd.DataFrame({"id": [1, 2, 3], "score": [0.5, 1.5, 2.5], "ok": [True, False, True]})
+    bucket = storage.Client().create_bucket(f"bq-{uuid.uuid4().hex[:8]}")
+    bucket.blob("in/scores.parquet").upload_from_string(frame.to_parquet(index=False))
+    config = bigquery.LoadJobConfig(source_format="PARQUET")
+    job = client.load_table_from_uri(f"gs://{bucket.name}/in/scores.parquet", f"{dataset}.scores", job_config=config)
+    job.result()
+    assert job.output_rows == 3
+    table = client.get_table(f"{dataset}.scores")
+    assert [(f.name, f.field_type) for f in table.schema] == [("id", "INTEGER"), ("score", "FLOAT"), ("ok", "BOOLEAN")]
+    rows = client.query(f"SELECT SUM(score) AS total FROM {dataset}.scores WHERE ok").result()
+    assert [r["total"] for r in rows] == [3.0]
+
+
 def test_tables_persist_across_a_restart(own_cloud, tmp_path):
     from labcloud.localcloud import control
 
