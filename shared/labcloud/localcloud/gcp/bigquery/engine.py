@@ -16,7 +16,6 @@ import duckdb
 import sqlglot
 from sqlglot import exp
 
-from . import ml
 from .dialect import FUNCTION_NAMES, LabBigQuery, MLCall, MLFunction, model_options, struct_options
 from .model_store import ModelStore
 from .types import duckdb_type, field_from_duckdb, to_cell
@@ -275,6 +274,8 @@ class Engine:
             if statement.if_not_exists:
                 return
             raise BigQueryError(409, f"Already Exists: Model {self.project}:{dataset}.{name}", "duplicate")
+        from . import ml  # scikit-learn: imported when a model is first trained, not when the local cloud starts
+
         frame = self.frame(statement.sql)
         try:
             model = ml.train(frame, statement.model_options)
@@ -292,6 +293,8 @@ class Engine:
 
     def _compute_ml_call(self, call: MLCall) -> str:
         """Run an ML function over its input rows and register its result under the call's view name."""
+        from . import ml
+
         model = self.models.load(*call.model)
         frame = self.frame(call.input_sql) if call.input_sql else None
         try:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import shutil
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import joblib
+if TYPE_CHECKING:
+    from .ml import TrainedModel
 
-from .ml import TrainedModel
+# BigQuery's names of the model types in the REST API's Model resource
+REST_MODEL_TYPES = {"LOGISTIC_REG": "LOGISTIC_REGRESSION", "LINEAR_REG": "LINEAR_REGRESSION"}
 
 
 class ModelStore:
@@ -31,6 +34,8 @@ class ModelStore:
     def save(self, dataset: str, name: str, model: TrainedModel) -> None:
         path = self.path(dataset, name)
         path.parent.mkdir(parents=True, exist_ok=True)
+        import joblib
+
         with self.lock:
             joblib.dump(model, path.with_suffix(".tmp"))
             path.with_suffix(".tmp").replace(path)
@@ -42,6 +47,8 @@ class ModelStore:
                 path = self.path(dataset, name)
                 if not path.exists():
                     raise self.not_found(dataset, name)
+                import joblib
+
                 self.cache[(dataset, name)] = joblib.load(path)
             return self.cache[(dataset, name)]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from ....pricing.catalog import load_service_prices
 from .. import storage_store
 from ..bigquery.engine import BigQueryError, Engine, encode_row
-from ..bigquery.ml import REST_MODEL_TYPES
+from ..bigquery.model_store import REST_MODEL_TYPES
 from ..gateway import GcpRequest, GoogleError, Response, json_response
 
 _BASE = r"/bigquery/v2/projects/(?P<project>[^/]+)"
