@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
 LABCLOUD := $(VENV)/bin/labcloud
 LINTED := shared tests solutions labs conftest.py
 
@@ -24,11 +25,20 @@ $(STAMP): pyproject.toml requirements.lock
 	$(LABCLOUD) jupyter-settings
 	touch $(STAMP)
 
-lab: $(STAMP)
+# Azurite (Azure Blob storage for the local cloud) is an npm package, pinned in package-lock.json. Without npm the
+# course still runs; only Blob storage is missing, and the local cloud says so.
+$(NODE_STAMP): package.json package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --no-audit --no-fund --loglevel=error && touch $(NODE_STAMP); \
+	else \
+		echo "npm not found: Azure Blob storage (Azurite) will not be available. Install Node.js 20+ and run make again."; \
+	fi
+
+lab: $(STAMP) $(NODE_STAMP)
 	$(LABCLOUD) up
 	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.root_dir=$(CURDIR) labs/
 
-test: $(STAMP) lint
+test: $(STAMP) $(NODE_STAMP) lint
 	$(PY) -m pytest
 
 lint: $(STAMP)
@@ -39,19 +49,19 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix $(LINTED)
 	$(VENV)/bin/ruff format $(LINTED)
 
-course: $(STAMP)
+course: $(STAMP) $(NODE_STAMP)
 	$(LABCLOUD) course
 
 labs: $(STAMP)
 	$(LABCLOUD) build-labs
 
-reference: $(STAMP)
+reference: $(STAMP) $(NODE_STAMP)
 	$(LABCLOUD) reference
 
-bench: $(STAMP)
+bench: $(STAMP) $(NODE_STAMP)
 	$(PY) -m labcloud.bench
 
-up: $(STAMP)
+up: $(STAMP) $(NODE_STAMP)
 	$(LABCLOUD) up
 
 down: $(STAMP)

@@ -7,7 +7,9 @@ Each is measured through the unmodified SDKs, as a notebook calls them, against 
 - Lambda invoke, cold (a new worker: spawn and import) and warm;
 - Vertex AI: `CustomTrainingJob.run()` of a trivial scikit-learn script against the script run directly, then
   `deploy()` of its model on one replica and `predict()` against a direct POST to the replica's model server
-  (the same budgets as SageMaker's).
+  (the same budgets as SageMaker's);
+- Azure OpenAI: a chat completion through the unmodified `openai` client (`AzureOpenAI`) against the same
+  stand-in model called in-process (no budget: the row shows what HTTP and the client add).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ print("trained")
 """
 VERTEX_TRAINING_IMAGE = "us-docker.pkg.dev/vertex-ai/training/sklearn-cpu.1-0:latest"
 VERTEX_SERVING_IMAGE = "us-docker.pkg.dev/vertex-ai/prediction/sklearn-cpu.1-3:latest"
+CHAT_ITERATIONS, CHAT_WARMUP = 200, 20
 HANDLER = "def lambda_handler(event, context):\n    return {'echo': event}\n"
 
 
@@ -304,4 +307,49 @@ def _vertex_predictions(lab: Lab, endpoint) -> tuple[list[float], list[float]]:
     return through, straight
 
 
-SERVICE_MEASUREMENTS = [sagemaker_fit, sagemaker_deploy_and_predict, lambda_invoke, vertex_train_deploy_and_predict]
+def azure_openai_chat(lab: Lab) -> list[Row]:
+    _connect(lab)
+    from openai import AzureOpenAI
+
+    from .runtime import standin_llm
+    from .wiring.azure import set_openai_deployment
+
+    # A deployment of its own with a quota the loop cannot reach: the row measures latency, not throttling.
+    set_openai_deployment("bench-gpt-4o", "gpt-4o", tokens_per_minute=100_000_000, requests_per_minute=1_000_000)
+    client = AzureOpenAI(
+        azure_endpoint=os.environ["AZURE_OPENAI_ENDPOINT"],
+        api_key=os.environ["AZURE_OPENAI_API_KEY"],
+        api_version="2024-02-01",
+    )
+    question = "How are Azure OpenAI quotas set?"
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": question}]
+
+    def through():
+        return client.chat.completions.create(model="bench-gpt-4o", messages=messages).choices[0].message.content
+
+    def direct():
+        return standin_llm.complete(question, [m["content"] for m in messages], 4096).text
+
+    if through() != direct():
+        raise RuntimeError("the local Azure OpenAI and the stand-in model answered differently")
+    for _ in range(CHAT_WARMUP):
+        through(), direct()
+    via_client, straight = [], []
+    for _ in range(CHAT_ITERATIONS):  # interleaved, so both see the same machine state
+        via_client.append(timed(through))
+        straight.append(timed(direct))
+    overhead = statistics.median(via_client) - statistics.median(straight)
+    return [
+        Row("Azure OpenAI chat completion (openai client)", via_client, baseline=straight),
+        Row("  the stand-in model called directly", straight),
+        Row("  client + HTTP overhead (median - median)", [overhead]),
+    ]
+
+
+SERVICE_MEASUREMENTS = [
+    sagemaker_fit,
+    sagemaker_deploy_and_predict,
+    lambda_invoke,
+    vertex_train_deploy_and_predict,
+    azure_openai_chat,
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def _env(args) -> int:
 
     info = control.status(args.state) or control.start(args.state)
     for name, value in local_environment(info).items():
-        print(f"export {name}={value}")
+        print(f"export {name}={shlex.quote(value)}")  # a connection string has ; and =
     return 0
 
 

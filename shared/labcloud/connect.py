@@ -19,6 +19,9 @@ from .localcloud.state import ServerInfo
 from .pricing.guard import CostGuard, arm_aws
 from .wiring.aws import CONFIG_VARIABLE as AWS_SDK_CONFIG_VARIABLE
 from .wiring.aws import wire as wire_aws
+from .wiring.azure import WIRED_VARIABLES as AZURE_WIRED_VARIABLES
+from .wiring.azure import azure_environment
+from .wiring.azure import wire as wire_azure
 from .wiring.gcp import WIRED_VARIABLES as GCP_WIRED_VARIABLES
 from .wiring.gcp import wire as wire_gcp
 
@@ -116,6 +119,8 @@ def local_environment(server: ServerInfo, region: str = DEFAULT_REGION) -> dict[
         "AWS_REGION": region,
         "NO_PROXY": no_proxy,
         "no_proxy": no_proxy,
+        # Azure OpenAI's endpoint and key, and Azurite's connection string once it has a port
+        **azure_environment(server.url, Path(server.state_dir)),
     }
 
 
@@ -127,6 +132,9 @@ def _connect_local(region: str, budget_usd: float | None) -> Connection:
     os.environ.update(env)
     env.update(wire_aws(Path(server.state_dir)))
     env.update(wire_gcp(server.url, Path(server.state_dir)))
+    for name in AZURE_WIRED_VARIABLES:  # wire_azure decides them: Blob storage only once Azurite is ready
+        env.pop(name, None)
+    env.update(wire_azure(server.url, Path(server.state_dir)))
     guard = CostGuard(budget_usd) if budget_usd is not None else None  # opt-in locally, to practise with
     arm_aws(guard)
     baseline = {_meter_key(line): (line["quantity"], line["usd"]) for line in _meter_lines(server)}
@@ -143,6 +151,7 @@ def _forget_local_wiring() -> None:
             "AWS_SECRET_ACCESS_KEY",
             AWS_SDK_CONFIG_VARIABLE,  # the local cloud's SageMaker defaults
             *GCP_WIRED_VARIABLES,  # the local credentials and emulator hosts
+            *AZURE_WIRED_VARIABLES,  # the local Azure OpenAI endpoint and key, Azurite's connection string
         ):
             os.environ.pop(name, None)
 

@@ -27,6 +27,8 @@ from .aws import services as aws_services
 from .aws.context import AwsContext
 from .aws.gateway import AwsGateway
 from .aws.persistence import MotoSnapshots
+from .azure import services as azure_services
+from .azure.gateway import AzureContext, AzureGateway
 from .context import register_services
 from .gcp import services as gcp_services
 from .gcp.gateway import GcpContext, GcpGateway
@@ -82,14 +84,24 @@ class LocalCloud:
             children=ChildProcesses(),
         )
         self.gcp_services = register_services(gcp_services, self.gcp, self.gcp_context)
+        self.azure = AzureGateway()
+        self.azure_context = AzureContext(
+            state_dir=self.state.sub("azure"),
+            ledger=self.ledger,
+            catalog=self.aws_context.catalog,
+            children=ChildProcesses(),
+        )
+        self.azure_services = register_services(azure_services, self.azure, self.azure_context)
         self.admin = AdminApi(str(self.state.path), self.ledger, self._services)
         self._server = None
         self._restored: list[str] = []
 
     def _services(self) -> list[str]:
-        return ["aws", *(["gcp"] if self.gcp_services else [])]
+        return ["aws", *(["gcp"] if self.gcp_services else []), *(["azure"] if self.azure_services else [])]
 
     def app(self, environ: dict, start_response):
+        if self.azure.handles(environ):  # before the admin API: Azure's local admin routes live under its prefix
+            return self.azure(environ, start_response)
         if environ.get("PATH_INFO", "").startswith(PREFIX):
             return self.admin(environ, start_response)
         if self.gcp.handles(environ):
@@ -112,6 +124,7 @@ class LocalCloud:
         )
         self.aws_context.started(info.url)
         self.gcp_context.started(info.url)
+        self.azure_context.started(info.url)  # starts Azurite without waiting for it
         self.state.write_info(info)
         log.info("local cloud on %s (state %s; restored %s)", info.url, info.state_dir, self._restored or "nothing")
         return info
@@ -123,6 +136,7 @@ class LocalCloud:
         """Stop the learners' processes, save everything and stop serving. Safe to call from a signal handler."""
         self.aws_context.shutdown()
         self.gcp_context.shutdown()
+        self.azure_context.shutdown()
         self.snapshots.stop()
         self.ledger.save()
         self.state.clear_info(os.getpid())

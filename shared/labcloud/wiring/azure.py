@@ -1,0 +1,97 @@
+"""Point the unmodified Azure clients at the local cloud, inside this kernel.
+
+- Azure OpenAI: `AZURE_OPENAI_ENDPOINT` (the local cloud's URL) and `AZURE_OPENAI_API_KEY` (a placeholder only the
+  local cloud accepts), which `openai.AzureOpenAI` reads, as a notebook does for the real service. No
+  `OPENAI_API_VERSION`: the notebook names its api-version, as it must on Azure.
+- Blob storage: `AZURE_STORAGE_CONNECTION_STRING`, the development-storage connection string for the Azurite
+  process the local cloud runs (`BlobServiceClient.from_connection_string(...)`). Azurite needs about a second to
+  start, so `wire` waits for it once; when it is not available, the variable is left unset and a warning says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+
+from ..localcloud.azure.gateway import ADMIN_PREFIX
+from ..localcloud.azure.services.blob import read_status
+from ..localcloud.azure.services.openai import LOCAL_API_KEY
+
+OPENAI_VARIABLES = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY")
+STORAGE_VARIABLE = "AZURE_STORAGE_CONNECTION_STRING"
+WIRED_VARIABLES = (*OPENAI_VARIABLES, STORAGE_VARIABLE)
+BLOB_WAIT_S = 20.0
+
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes through a proxy
+
+
+class BlobStorageUnavailable(UserWarning):
+    pass
+
+
+def azure_environment(url: str, state_dir: Path) -> dict[str, str]:
+    """The Azure variables for the local cloud at `url`, without waiting (what `labcloud env` prints)."""
+    env = dict(zip(OPENAI_VARIABLES, (url, LOCAL_API_KEY), strict=True))
+    blob = read_status(Path(state_dir) / "azure")
+    if blob is not None and blob.status in ("starting", "ready"):
+        env[STORAGE_VARIABLE] = blob.connection_string
+    return env
+
+
+def wire(url: str, state_dir: Path) -> dict[str, str]:
+    """Set the Azure variables in this kernel (waiting for Blob storage if it is still starting); returns them."""
+    env = dict(zip(OPENAI_VARIABLES, (url, LOCAL_API_KEY), strict=True))
+    blob = _wait_for_blob(Path(state_dir) / "azure")
+    if blob is not None and blob.status == "ready":
+        env[STORAGE_VARIABLE] = blob.connection_string
+    else:
+        os.environ.pop(STORAGE_VARIABLE, None)
+        reason = blob.reason if blob is not None else "the local cloud has not reported on it"
+        warnings.warn(
+            f"Azure Blob storage is not available on the local cloud: {reason}. {STORAGE_VARIABLE} is not set.",
+            BlobStorageUnavailable,
+            stacklevel=3,
+        )
+    os.environ.update(env)
+    return env
+
+
+def _wait_for_blob(azure_state: Path):
+    deadline = time.monotonic() + BLOB_WAIT_S
+    blob = read_status(azure_state)
+    while blob is not None and blob.status == "starting" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        blob = read_status(azure_state)
+    return blob
+
+
+def set_openai_deployment(
+    name: str,
+    model: str,
+    tokens_per_minute: int = 10_000,
+    requests_per_minute: int | None = None,
+    window_seconds: float = 60.0,
+    url: str | None = None,
+) -> dict:
+    """Create or change a deployment of the local Azure OpenAI resource and its quota (local cloud only: on Azure
+    this is a deployment you create in the portal, the CLI or ARM). Returns the deployment as the local cloud has
+    it. `requests_per_minute` defaults to Azure's 6 per 1,000 TPM; `window_seconds` is how long the local rate
+    limit's "minute" lasts."""
+    url = url or os.environ.get("LABCLOUD_URL")
+    if not url:
+        raise RuntimeError('set_openai_deployment needs the local cloud: call labcloud.connect("local") first')
+    body = {"model": model, "tokens_per_minute": tokens_per_minute, "window_seconds": window_seconds}
+    if requests_per_minute is not None:
+        body["requests_per_minute"] = requests_per_minute
+    request = urllib.request.Request(
+        f"{url}{ADMIN_PREFIX}/openai/deployments/{name}",
+        data=json.dumps(body).encode(),
+        method="PUT",
+        headers={"Content-Type": "application/json"},
+    )
+    with _opener.open(request, timeout=10) as response:
+        return json.load(response)
