@@ -120,7 +120,7 @@ def local_environment(server: ServerInfo, region: str = DEFAULT_REGION) -> dict[
         "NO_PROXY": no_proxy,
         "no_proxy": no_proxy,
         # Azure OpenAI's endpoint and key, and Azurite's connection string once it has a port
-        **azure_environment(server.url, Path(server.state_dir)),
+        **azure_environment(server.url, Path(server.state_dir), server.https_url),
     }
 
 
@@ -134,7 +134,7 @@ def _connect_local(region: str, budget_usd: float | None) -> Connection:
     env.update(wire_gcp(server.url, Path(server.state_dir)))
     for name in AZURE_WIRED_VARIABLES:  # wire_azure decides them: Blob storage only once Azurite is ready
         env.pop(name, None)
-    env.update(wire_azure(server.url, Path(server.state_dir)))
+    env.update(wire_azure(server.url, Path(server.state_dir), server.https_url))
     guard = CostGuard(budget_usd) if budget_usd is not None else None  # opt-in locally, to practise with
     arm_aws(guard)
     baseline = {_meter_key(line): (line["quantity"], line["usd"]) for line in _meter_lines(server)}

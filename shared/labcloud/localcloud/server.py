@@ -34,6 +34,7 @@ from .gcp import services as gcp_services
 from .gcp.gateway import GcpContext, GcpGateway
 from .processes import ChildProcesses
 from .state import ServerInfo, StateDir
+from .tls import LocalTls
 
 log = logging.getLogger("labcloud.localcloud")
 
@@ -94,6 +95,7 @@ class LocalCloud:
         self.azure_services = register_services(azure_services, self.azure, self.azure_context)
         self.admin = AdminApi(str(self.state.path), self.ledger, self._services)
         self._server = None
+        self._tls_server = None
         self._restored: list[str] = []
 
     def _services(self) -> list[str]:
@@ -121,6 +123,7 @@ class LocalCloud:
             state_dir=str(self.state.path),
             started_at=time.time(),
             version=__version__,
+            tls_port=self._start_tls(),
         )
         self.aws_context.started(info.url)
         self.gcp_context.started(info.url)
@@ -128,6 +131,19 @@ class LocalCloud:
         self.state.write_info(info)
         log.info("local cloud on %s (state %s; restored %s)", info.url, info.state_dir, self._restored or "nothing")
         return info
+
+    def _start_tls(self) -> int:
+        """A second listener serving the same services over HTTPS with the local CA (`tls.py`), on a free port: the
+        Azure ML SDK refuses to send bearer tokens over plain http."""
+        tls = LocalTls(self.state.sub("tls")).ensure()
+        sock = bind_socket(self.host, 0)
+        port, context = sock.getsockname()[1], tls.server_context()
+        self._tls_server = make_server(self.host, port, self.app, threaded=True, fd=sock.fileno(), ssl_context=context)
+        self._tls_server.daemon_threads = True
+        threading.Thread(
+            target=self._tls_server.serve_forever, kwargs={"poll_interval": 0.2}, name="https", daemon=True
+        ).start()
+        return self._tls_server.server_address[1]
 
     def serve_forever(self) -> None:
         self._server.serve_forever(poll_interval=0.2)
@@ -140,8 +156,9 @@ class LocalCloud:
         self.snapshots.stop()
         self.ledger.save()
         self.state.clear_info(os.getpid())
-        if self._server is not None:
-            threading.Thread(target=self._server.shutdown, daemon=True).start()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                threading.Thread(target=server.shutdown, daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> None:

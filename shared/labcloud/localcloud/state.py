@@ -19,10 +19,15 @@ class ServerInfo:
     state_dir: str
     started_at: float
     version: str
+    tls_port: int | None = None  # the HTTPS listener (same services) for clients that insist on TLS
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def https_url(self) -> str | None:
+        return f"https://{self.host}:{self.tls_port}" if self.tls_port else None
 
 
 class StateDir:

@@ -6,6 +6,11 @@
 - Blob storage: `AZURE_STORAGE_CONNECTION_STRING`, the development-storage connection string for the Azurite
   process the local cloud runs (`BlobServiceClient.from_connection_string(...)`). Azurite needs about a second to
   start, so `wire` waits for it once; when it is not available, the variable is left unset and a warning says why.
+- Azure Machine Learning (`azure-ai-ml`): `AZUREML_DEV_URL_MFE`, the SDK's own switch for its API's base URL,
+  points at the local cloud's HTTPS listener (the SDK sends bearer tokens over HTTPS only); `IDENTITY_ENDPOINT` and
+  `IDENTITY_HEADER` let the unmodified `DefaultAzureCredential()` get a local token the way a managed identity does;
+  `REQUESTS_CA_BUNDLE` and `SSL_CERT_FILE` name a bundle of the usual public roots plus the local CA, so this
+  kernel trusts the local cloud's certificate and real services exactly as before.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from pathlib import Path
 
 from ..localcloud.azure.gateway import ADMIN_PREFIX
 from ..localcloud.azure.services.blob import read_status
+from ..localcloud.azure.services.machine_learning import LOCAL_IDENTITY_HEADER, MFE, TOKEN_PATH
 from ..localcloud.azure.services.openai import LOCAL_API_KEY
+from ..localcloud.tls import LocalTls
 
 OPENAI_VARIABLES = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY")
 STORAGE_VARIABLE = "AZURE_STORAGE_CONNECTION_STRING"
-WIRED_VARIABLES = (*OPENAI_VARIABLES, STORAGE_VARIABLE)
+ML_VARIABLES = ("AZUREML_DEV_URL_MFE", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
+WIRED_VARIABLES = (*OPENAI_VARIABLES, STORAGE_VARIABLE, *ML_VARIABLES)
 BLOB_WAIT_S = 20.0
 
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes through a proxy
@@ -33,18 +41,34 @@ class BlobStorageUnavailable(UserWarning):
     pass
 
 
-def azure_environment(url: str, state_dir: Path) -> dict[str, str]:
+def machine_learning_environment(https_url: str | None, state_dir: Path) -> dict[str, str]:
+    """Azure ML's variables for the local cloud's HTTPS listener (none when it has none)."""
+    if not https_url:
+        return {}
+    bundle = str(LocalTls(Path(state_dir) / "tls").bundle)
+    return {
+        "AZUREML_DEV_URL_MFE": f"{https_url}{MFE}/",
+        "IDENTITY_ENDPOINT": f"{https_url}{TOKEN_PATH}",
+        "IDENTITY_HEADER": LOCAL_IDENTITY_HEADER,
+        "REQUESTS_CA_BUNDLE": bundle,
+        "SSL_CERT_FILE": bundle,
+    }
+
+
+def azure_environment(url: str, state_dir: Path, https_url: str | None = None) -> dict[str, str]:
     """The Azure variables for the local cloud at `url`, without waiting (what `labcloud env` prints)."""
     env = dict(zip(OPENAI_VARIABLES, (url, LOCAL_API_KEY), strict=True))
+    env.update(machine_learning_environment(https_url, state_dir))
     blob = read_status(Path(state_dir) / "azure")
     if blob is not None and blob.status in ("starting", "ready"):
         env[STORAGE_VARIABLE] = blob.connection_string
     return env
 
 
-def wire(url: str, state_dir: Path) -> dict[str, str]:
+def wire(url: str, state_dir: Path, https_url: str | None = None) -> dict[str, str]:
     """Set the Azure variables in this kernel (waiting for Blob storage if it is still starting); returns them."""
     env = dict(zip(OPENAI_VARIABLES, (url, LOCAL_API_KEY), strict=True))
+    env.update(machine_learning_environment(https_url, state_dir))
     blob = _wait_for_blob(Path(state_dir) / "azure")
     if blob is not None and blob.status == "ready":
         env[STORAGE_VARIABLE] = blob.connection_string
