@@ -77,3 +77,111 @@ def test_a_token_the_local_cloud_did_not_issue_is_refused(connection):
     client = MLClient(ForeignCredential(), SUBSCRIPTION, "rg-ai", "ai-workspace")
     with pytest.raises((ClientAuthenticationError, HttpResponseError), match="AuthenticationFailed"):
         client.compute.get("gpu-cluster")
+
+
+TRAIN = """\
+import argparse, pathlib
+parser = argparse.ArgumentParser()
+parser.add_argument("--data")
+parser.add_argument("--learning_rate", type=float)
+parser.add_argument("--model_dir")
+args = parser.parse_args()
+rows = (pathlib.Path(args.data) / "rows.csv").read_text().splitlines()
+print(f"read {len(rows)} rows from the datastore, learning rate {args.learning_rate}")
+pathlib.Path(args.model_dir, "model.txt").write_text(f"lr={args.learning_rate}")
+"""
+
+
+@pytest.fixture
+def cluster(ml_client):
+    cluster = AmlCompute(name="cpu-cluster", size="Standard_DS3_v2", min_instances=0, max_instances=2)
+    ml_client.compute.begin_create_or_update(cluster).result()
+    return "cpu-cluster"
+
+
+@pytest.fixture
+def datastore_data(connection):
+    """rows.csv in the `mydata` datastore (its container in Blob storage), under paths/train/."""
+    import os
+
+    from azure.storage.blob import BlobServiceClient
+
+    service = BlobServiceClient.from_connection_string(os.environ["AZURE_STORAGE_CONNECTION_STRING"])
+    container = service.get_container_client("mydata")
+    if not container.exists():
+        container.create_container()
+    container.upload_blob("train/rows.csv", b"1,2\n3,4\n5,6\n", overwrite=True)
+    return "azureml://datastores/mydata/paths/train/"
+
+
+def _job(tmp_path, command, inputs, outputs=None, compute="cpu-cluster"):
+    from azure.ai.ml import command as command_job
+
+    source = tmp_path / "src"
+    source.mkdir(exist_ok=True)
+    (source / "train.py").write_text(TRAIN)
+    return command_job(
+        code=str(source),
+        command=command,
+        environment="AzureML-pytorch-2.0-ubuntu20.04-py38-cuda11-gpu@latest",
+        compute=compute,
+        inputs=inputs,
+        outputs=outputs or {},
+        display_name="pytorch-training-job",
+    )
+
+
+def test_a_command_job_runs_with_its_inputs_and_streams_its_log(ml_client, cluster, datastore_data, tmp_path, capsys):
+    from azure.ai.ml import Input, Output
+
+    job = _job(
+        tmp_path,
+        "python train.py --data ${{inputs.train_data}} --learning_rate ${{inputs.learning_rate}} "
+        "--model_dir ${{outputs.model}}",
+        {"train_data": Input(type="uri_folder", path=datastore_data), "learning_rate": 0.001},
+        {"model": Output(type="uri_folder")},
+    )
+    returned = ml_client.jobs.create_or_update(job)
+    assert returned.status in ("Queued", "Preparing", "Running")
+    page = requests.get(returned.studio_url, timeout=10)
+    assert page.status_code == 200 and returned.name in page.text
+    ml_client.jobs.stream(returned.name)
+    streamed = capsys.readouterr().out
+    assert "read 3 rows from the datastore, learning rate 0.001" in streamed
+    assert ml_client.jobs.get(returned.name).status == "Completed"
+
+    import os
+
+    from azure.storage.blob import BlobServiceClient
+
+    outputs = BlobServiceClient.from_connection_string(os.environ["AZURE_STORAGE_CONNECTION_STRING"])
+    blob = outputs.get_blob_client("workspaceblobstore", f"azureml/{returned.name}/model/model.txt")
+    assert blob.download_blob().readall() == b"lr=0.001"
+
+
+def test_a_failing_command_fails_the_job_with_its_log(ml_client, cluster, datastore_data, tmp_path):
+    from azure.ai.ml import Input
+    from azure.ai.ml.exceptions import JobException
+
+    job = _job(
+        tmp_path, "python train.py --data ${{inputs.train_data}} --bogus", {"train_data": Input(path=datastore_data)}
+    )
+    returned = ml_client.jobs.create_or_update(job)
+    with pytest.raises(JobException, match="exited with status code 2"):
+        ml_client.jobs.stream(returned.name)
+    assert ml_client.jobs.get(returned.name).status == "Failed"
+
+
+def test_bad_jobs_get_azures_errors(ml_client, cluster, tmp_path):
+    from azure.ai.ml import Input
+
+    with pytest.raises(HttpResponseError, match="Compute no-such-cluster was not found"):
+        ml_client.jobs.create_or_update(_job(tmp_path, "python train.py", {}, compute="no-such-cluster"))
+    missing = _job(
+        tmp_path, "python train.py --data ${{inputs.d}}", {"d": Input(path="azureml://datastores/none/paths/x/")}
+    )
+    returned = ml_client.jobs.create_or_update(missing)
+    with pytest.raises(Exception, match="nothing found at azureml://datastores/none"):
+        ml_client.jobs.stream(returned.name)
+    with pytest.raises(ResourceNotFoundError):
+        ml_client.jobs.get("no_such_job_123")

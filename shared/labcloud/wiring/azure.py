@@ -10,7 +10,9 @@
   points at the local cloud's HTTPS listener (the SDK sends bearer tokens over HTTPS only); `IDENTITY_ENDPOINT` and
   `IDENTITY_HEADER` let the unmodified `DefaultAzureCredential()` get a local token the way a managed identity does;
   `REQUESTS_CA_BUNDLE` and `SSL_CERT_FILE` name a bundle of the usual public roots plus the local CA, so this
-  kernel trusts the local cloud's certificate and real services exactly as before.
+  kernel trusts the local cloud's certificate and real services exactly as before. `jobs.stream` polls the run
+  history every 2 s or more (growing to minutes); on the local cloud, where jobs take seconds, every FAST_POLL_S
+  (LABCLOUD_FAST_POLL=0 keeps the SDK's own timing).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ STORAGE_VARIABLE = "AZURE_STORAGE_CONNECTION_STRING"
 ML_VARIABLES = ("AZUREML_DEV_URL_MFE", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
 WIRED_VARIABLES = (*OPENAI_VARIABLES, STORAGE_VARIABLE, *ML_VARIABLES)
 BLOB_WAIT_S = 20.0
+FAST_POLL_S = 0.25
 
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes through a proxy
 
@@ -69,6 +72,10 @@ def wire(url: str, state_dir: Path, https_url: str | None = None) -> dict[str, s
     """Set the Azure variables in this kernel (waiting for Blob storage if it is still starting); returns them."""
     env = dict(zip(OPENAI_VARIABLES, (url, LOCAL_API_KEY), strict=True))
     env.update(machine_learning_environment(https_url, state_dir))
+    if os.environ.get("LABCLOUD_FAST_POLL", "1") != "0":
+        from .aws import _after_import
+
+        _after_import("azure.ai.ml.operations._job_ops_helper", _fast_stream_polls)
     blob = _wait_for_blob(Path(state_dir) / "azure")
     if blob is not None and blob.status == "ready":
         env[STORAGE_VARIABLE] = blob.connection_string
@@ -82,6 +89,21 @@ def wire(url: str, state_dir: Path, https_url: str | None = None) -> dict[str, s
         )
     os.environ.update(env)
     return env
+
+
+def _fast_stream_polls(module) -> None:
+    """`jobs.stream` sleeps `_wait_before_polling(...)` s between polls: briefly while the local backend is on."""
+    from .aws import is_local
+
+    original = module._wait_before_polling
+    if getattr(original, "labcloud_fast", False):
+        return
+
+    def wait(current_seconds: float):
+        return FAST_POLL_S if is_local() else original(current_seconds)
+
+    wait.labcloud_fast = True
+    module._wait_before_polling = wait
 
 
 def _wait_for_blob(azure_state: Path):

@@ -11,7 +11,8 @@ Served so far:
 - Compute: AmlCompute clusters created, read, listed and deleted, with their size and scale settings kept (min/max
   nodes, idle time before scale-down). The VM size is simulated: a cluster of `Standard_ND96asr_v4` is this machine.
   An unknown VM size, min > max nodes or a malformed body get Azure's 400; an unknown compute, 404.
-Not yet: command jobs, code upload, data assets, models (see the issue).
+- Command jobs, code assets and run history: `machine_learning_jobs.py`.
+Not yet: data assets, models, `jobs.download`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ def register(gateway, context) -> None:
         ("DELETE", _COMPUTE, api.delete_compute),
     ):
         gateway.route(method, pattern, _authorized(handler))
+    from .machine_learning_jobs import register_jobs
+
+    register_jobs(gateway, context, api)
 
 
 def _authorized(handler):
