@@ -185,3 +185,30 @@ def test_bad_jobs_get_azures_errors(ml_client, cluster, tmp_path):
         ml_client.jobs.stream(returned.name)
     with pytest.raises(ResourceNotFoundError):
         ml_client.jobs.get("no_such_job_123")
+
+
+def test_cluster_nodes_are_metered_with_the_idle_time_before_scale_down(
+    connection, ml_client, datastore_data, tmp_path
+):
+    from azure.ai.ml import Input
+
+    from labcloud.pricing.catalog import load_catalog
+
+    metered = AmlCompute(
+        name="metered-cluster",
+        size="Standard_DS3_v2",
+        min_instances=0,
+        max_instances=2,
+        idle_time_before_scale_down=600,
+    )
+    ml_client.compute.begin_create_or_update(metered).result()
+    job = _job(tmp_path, "python -c 'print(1)'", {"d": Input(path=datastore_data)}, compute="metered-cluster")
+    ml_client.jobs.stream(ml_client.jobs.create_or_update(job).name)
+
+    costs = connection.costs()
+    line = costs[(costs["service"] == "machine-learning") & costs["resource"].str.startswith("metered-cluster/")]
+    (hours,) = line["quantity"]
+    assert 600 / 3600 < hours < 660 / 3600  # the run (seconds) plus the 10 idle minutes before scale-down
+    price = load_catalog().get("Standard_DS3_v2").on_demand_usd_per_hour
+    assert line["usd"].iloc[0] == pytest.approx(hours * price)
+    ml_client.compute.begin_delete("metered-cluster").result()

@@ -11,6 +11,10 @@ Served so far:
 - Compute: AmlCompute clusters created, read, listed and deleted, with their size and scale settings kept (min/max
   nodes, idle time before scale-down). The VM size is simulated: a cluster of `Standard_ND96asr_v4` is this machine.
   An unknown VM size, min > max nodes or a malformed body get Azure's 400; an unknown compute, 404.
+- The meter (node-hours at the VM size's list price, `machine-learning` in `cloud.costs()`): the `min_instances`
+  nodes bill all the time the cluster exists (metered when it is changed or deleted and when the local cloud
+  stops); a job's nodes above the minimum bill for the job's run time plus `idle_time_before_scale_down`, the time
+  AmlCompute keeps an idle node before releasing it (as if no other job reused it).
 - Command jobs, code assets and run history: `machine_learning_jobs.py`.
 Not yet: data assets, models, `jobs.download`.
 """
@@ -24,6 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
+from ....pricing.catalog import UnknownInstanceType
 from ..gateway import ADMIN_PREFIX, AzureError, AzureRequest, json_response
 
 LOCAL_TOKEN = "labcloud-local-azure-token"  # accepted only by this local cloud, on loopback
@@ -57,6 +62,7 @@ def register(gateway, context) -> None:
     from .machine_learning_jobs import register_jobs
 
     register_jobs(gateway, context, api)
+    context.on_shutdown(api.meter_all_always_on)
 
 
 def _authorized(handler):
@@ -149,13 +155,18 @@ class MachineLearningApi:
         self._workspace(request)
         name, body = request.params["compute"], _json_body(request)
         compute = _compute_spec(name, body)
+        key = _workspace_key(request.params)
         with self.lock:
-            self.workspaces[_workspace_key(request.params)]["computes"][name] = compute
+            previous = self.workspaces[key]["computes"].get(name)
+            if previous is not None:
+                self.meter_always_on(key, previous)
+            self.workspaces[key]["computes"][name] = compute
             self._save()
         return json_response(self._compute_resource(request.params, compute))
 
     def delete_compute(self, request: AzureRequest):
-        self._find_compute(request)
+        compute = self._find_compute(request)
+        self.meter_always_on(_workspace_key(request.params), compute)
         with self.lock:
             del self.workspaces[_workspace_key(request.params)]["computes"][request.params["compute"]]
             self._save()
@@ -195,6 +206,48 @@ class MachineLearningApi:
             },
         }
 
+    # the meter ---------------------------------------------------------------------------------------------
+    def meter_always_on(self, workspace_key: str, compute: dict) -> None:
+        """The minimum nodes' hours since they were last metered."""
+        now = time.time()
+        hours = compute["scaleSettings"]["minNodeCount"] * (now - compute.get("metered_until", now)) / 3600
+        compute["metered_until"] = now
+        if hours > 0:
+            self._meter(compute, hours, f"{workspace_key.rsplit('/', 1)[-1]}/{compute['name']} (minimum nodes)")
+
+    def meter_all_always_on(self) -> None:
+        with self.lock:
+            for key, workspace in self.workspaces.items():
+                for compute in workspace["computes"].values():
+                    self.meter_always_on(key, compute)
+            self._save()
+
+    def meter_job(self, workspace_key: str, compute_name: str, job_name: str, seconds: float, nodes: int) -> None:
+        """A job's nodes above the cluster's minimum: its run time plus the idle time before they scale down."""
+        compute = self.workspaces.get(workspace_key, {}).get("computes", {}).get(compute_name)
+        if compute is None:
+            return
+        extra = max(0, nodes - compute["scaleSettings"]["minNodeCount"])
+        idle = iso_duration_seconds(compute["scaleSettings"]["nodeIdleTimeBeforeScaleDown"])
+        if extra:
+            self._meter(compute, extra * (seconds + idle) / 3600, f"{compute_name}/{job_name}")
+
+    def _meter(self, compute: dict, node_hours: float, resource: str) -> None:
+        try:
+            instance = self.context.catalog.get(compute["vmSize"])
+            usd, key = node_hours * instance.on_demand_usd_per_hour, instance.id
+        except UnknownInstanceType:
+            usd, key = 0.0, ""  # a size the course's catalog does not price: counted, at $0
+        self.context.meter(
+            service="machine-learning",
+            action="AmlCompute",
+            resource=resource,
+            quantity=node_hours,
+            unit="node-hours",
+            usd=usd,
+            price_key=key,
+        )
+
     def _save(self) -> None:
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.workspaces, indent=1))
@@ -220,6 +273,7 @@ def _compute_spec(name: str, body: dict) -> dict:
         "name": name,
         "location": body.get("location") or "eastus",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "metered_until": time.time(),
         "vmSize": size,
         "vmPriority": settings.get("vmPriority", "Dedicated"),
         "scaleSettings": {
@@ -228,6 +282,15 @@ def _compute_spec(name: str, body: dict) -> dict:
             "nodeIdleTimeBeforeScaleDown": scale.get("nodeIdleTimeBeforeScaleDown", "PT120S"),
         },
     }
+
+
+def iso_duration_seconds(value) -> float:
+    """Seconds of an ISO 8601 duration such as PT120S or PT2M (what the SDK sends for idle_time_before_scale_down)."""
+    match = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?", str(value))
+    if not match:
+        return 0.0
+    days, hours, minutes, seconds = (float(g or 0) for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
 def _json_body(request: AzureRequest) -> dict:

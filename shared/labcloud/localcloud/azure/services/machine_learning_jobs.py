@@ -150,7 +150,12 @@ class JobsApi:
             "status": "Queued",
             "services": {"Studio": {"jobServiceType": "Studio", "endpoint": f"{base}{STUDIO_PATH}/{name}"}},
         }
-        job["labcloud"] = {"codeUri": code["properties"]["codeUri"], "base": base, "created": time.time()}
+        job["labcloud"] = {
+            "codeUri": code["properties"]["codeUri"],
+            "base": base,
+            "created": time.time(),
+            "workspace": _workspace_key(request.params),
+        }
         with self.lock:
             if name in self.jobs and self.jobs[name]["properties"]["status"] not in FINISHED:
                 raise AzureError(409, "Conflict", f"Job {name} is already running.")
@@ -195,6 +200,7 @@ class JobsApi:
         folder = self.folder / name
         log_path = folder / LOG_NAME
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        job["labcloud"]["prepared"] = time.time()  # the node is allocated from here on
         self._set_status(job, "Preparing")
         try:
             code_dir = self._download_code(job, folder / "code")
@@ -323,6 +329,17 @@ class JobsApi:
             if error:
                 job["labcloud"]["error"] = error
             self._save()
+        self._meter(job)
+
+    def _meter(self, job: dict) -> None:
+        """The job's nodes, from when it started preparing to its end (see MachineLearningApi.meter_job)."""
+        record = job["labcloud"]
+        if "workspace" not in record or "prepared" not in record:
+            return
+        nodes = int((job["properties"].get("resources") or {}).get("instanceCount") or 1)
+        compute = job["properties"].get("computeId", "").rsplit("/", 1)[-1]
+        seconds = record["ended"] - record["prepared"]
+        self.workspaces.meter_job(record["workspace"], compute, job["name"], seconds, nodes)
 
     def stop_all(self) -> None:
         for process in list(self.processes.values()):
