@@ -384,11 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when any row is over budget")
     args = parser.parse_args(argv)
     began = time.perf_counter()
+    from .bench_azure import AZURE_MEASUREMENTS
     from .bench_bigquery import BIGQUERY_MEASUREMENTS
     from .bench_services import SERVICE_MEASUREMENTS
 
     with sigterm_as_exit():
-        rows = run_all(MEASUREMENTS + SERVICE_MEASUREMENTS + BIGQUERY_MEASUREMENTS)
+        rows = run_all(MEASUREMENTS + SERVICE_MEASUREMENTS + BIGQUERY_MEASUREMENTS + AZURE_MEASUREMENTS)
     print("\n".join(table_lines(rows)))
     for row in rows:
         if row.error is not None:
@@ -396,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "medians over repeated runs; /base: median against a baseline measured in the same run, interleaved: plain"
         " moto for S3 and SQS, a direct call to the model server for predict(), a cold invoke for a warm one,"
-        " DuckDB directly for BigQuery queries, scikit-learn directly for BigQuery ML"
+        " DuckDB directly for BigQuery queries, scikit-learn directly for BigQuery ML, the command run directly"
+        " for an Azure ML job"
     )
     print(f"{machine_note()}; benchmark took {time.perf_counter() - began:.0f} s")
     return 1 if args.strict and any(row.over_budget for row in rows) else 0
