@@ -9,39 +9,19 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from http import HTTPStatus
-from urllib.parse import parse_qs
+from dataclasses import dataclass
 
 from ..context import CloudContext
+from ..rest import Response, RestGateway, RestRequest
 
 log = logging.getLogger(__name__)
 
-Response = tuple[int, list[tuple[str, str]], bytes]
 ADMIN_PREFIX = "/_labcloud/azure"
 
 
-@dataclass
-class AzureRequest:
-    method: str
-    path: str
-    params: dict[str, str]  # the route's named groups
-    query: dict[str, str]  # the query string, first value of each name
-    environ: dict = field(repr=False)
-
-    def body(self) -> bytes:
-        if "labcloud.body" not in self.environ:
-            try:
-                length = int(self.environ.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                length = 0
-            self.environ["labcloud.body"] = self.environ["wsgi.input"].read(length) if length > 0 else b""
-        return self.environ["labcloud.body"]
-
-    def header(self, name: str) -> str:
-        return self.environ.get("HTTP_" + name.upper().replace("-", "_"), "")
+class AzureRequest(RestRequest):
+    pass
 
 
 Handler = Callable[[AzureRequest], Response]
@@ -76,49 +56,24 @@ def json_response(data, status: int = 200, headers: list[tuple[str, str]] | None
     return status, [("Content-Type", "application/json"), *(headers or [])], json.dumps(data).encode()
 
 
-class AzureGateway:
-    def __init__(self):
-        self._routes: list[tuple[str, re.Pattern, Handler]] = []
+class AzureGateway(RestGateway):
+    cloud = "Azure"
+    request_type = AzureRequest
+    error_type = AzureError
 
-    def route(self, method: str, pattern: str, handler: Handler) -> None:
-        """Send `method` requests whose path matches `pattern` (a regex, anchored at both ends) to `handler`."""
-        self._routes.append((method, re.compile(f"^{pattern}$"), handler))
+    def error_response(self, error: AzureError) -> Response:
+        return error.response()
 
-    def handles(self, environ: dict) -> bool:
-        """Whether a request is for Azure: a path one of our routes knows, without an AWS signature (an S3 bucket
-        named `openai` stays S3's)."""
-        if environ.get("HTTP_AUTHORIZATION", "").startswith("AWS4-") or "X-Amz-Credential" in environ.get(
-            "QUERY_STRING", ""
-        ):
-            return False
-        path = environ.get("PATH_INFO", "/")
-        return any(pattern.match(path) for _, pattern, _ in self._routes)
+    def internal_error(self, exc: Exception) -> Response:
+        return AzureError(
+            500, "InternalServerError", f"The local cloud could not handle this request: {exc}"
+        ).response()
 
-    def __call__(self, environ: dict, start_response) -> list[bytes]:
-        try:
-            status, headers, body = self._dispatch(environ)
-        except AzureError as error:
-            status, headers, body = error.response()
-        except Exception as exc:  # a bad request must never bring the local cloud down
-            log.exception("Azure %s %s failed", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
-            status, headers, body = AzureError(
-                500, "InternalServerError", f"The local cloud could not handle this request: {exc}"
-            ).response()
-        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
-        return [body]
+    def not_found(self, path: str) -> Exception:
+        return AzureError(404, "404", "Resource not found")
 
-    def _dispatch(self, environ: dict) -> Response:
-        method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/")
-        known_path = False
-        for route_method, pattern, handler in self._routes:
-            if match := pattern.match(path):
-                known_path = True
-                if route_method == method:
-                    query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-                    return handler(AzureRequest(method, path, match.groupdict(), query, environ))
-        if known_path:
-            raise AzureError(405, "MethodNotAllowed", f"The method {method} is not allowed on {path}.")
-        raise AzureError(404, "404", "Resource not found")
+    def not_allowed(self, method: str, path: str) -> Exception:
+        return AzureError(405, "MethodNotAllowed", f"The method {method} is not allowed on {path}.")
 
 
 @dataclass(kw_only=True)

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from http import HTTPStatus
-from urllib.parse import parse_qs
+from dataclasses import dataclass
 
 from ..context import CloudContext
+from ..rest import Response, RestGateway, RestRequest
 
 log = logging.getLogger(__name__)
 
-Response = tuple[int, list[tuple[str, str]], bytes]
 TOKEN_PATH = "/oauth2/token"
 LOCAL_TOKEN = "labcloud-local-token"  # the bearer token of the local credentials (not a secret: loopback only)
 PROJECT = "labcloud-project"  # the default project on the local cloud (a notebook may name its own)
@@ -40,17 +37,7 @@ _STATUS_NAMES = {
 _REASONS = {400: "invalid", 404: "notFound", 409: "duplicate", 500: "backendError", 501: "notImplemented"}
 
 
-@dataclass
-class GcpRequest:
-    method: str
-    path: str
-    params: dict[str, str]  # the route's named groups
-    query: dict[str, str]  # the query string, first value of each name
-    environ: dict = field(repr=False)
-
-    def body(self) -> bytes:
-        return _read_body(self.environ)
-
+class GcpRequest(RestRequest):
     def json(self) -> dict:
         """The JSON body (an empty body is {}); GoogleError 400 when it is not a JSON object."""
         try:
@@ -60,10 +47,6 @@ class GcpRequest:
         if not isinstance(data, dict):
             raise GoogleError(400, "Invalid JSON payload received: expected an object.")
         return data
-
-    @property
-    def content_type(self) -> str:
-        return self.environ.get("CONTENT_TYPE", "")
 
 
 Handler = Callable[[GcpRequest], Response]
@@ -96,57 +79,26 @@ def json_response(data, status: int = 200) -> Response:
     return status, [("Content-Type", "application/json; charset=UTF-8")], json.dumps(data, default=str).encode()
 
 
-class GcpGateway:
+class GcpGateway(RestGateway):
+    cloud = "GCP"
+    request_type = GcpRequest
+    error_type = GoogleError
+
     def __init__(self):
-        self._routes: list[tuple[str, re.Pattern, Handler]] = []
+        super().__init__()
         self.route("POST", TOKEN_PATH, _token)
 
-    def route(self, method: str, pattern: str, handler: Handler) -> None:
-        """Send `method` requests whose path matches `pattern` (a regex, anchored at both ends) to `handler`."""
-        self._routes.append((method, re.compile(f"^{pattern}$"), handler))
+    def error_response(self, error: GoogleError) -> Response:
+        return google_error(error.status, error.message, error.reason, error.status_name)
 
-    def handles(self, environ: dict) -> bool:
-        """Whether a request is for Google Cloud: a path one of our routes knows, without an AWS signature."""
-        if environ.get("HTTP_AUTHORIZATION", "").startswith("AWS4-") or "X-Amz-Credential" in environ.get(
-            "QUERY_STRING", ""
-        ):
-            return False
-        path = environ.get("PATH_INFO", "/")
-        return any(pattern.match(path) for _, pattern, _ in self._routes)
+    def internal_error(self, exc: Exception) -> Response:
+        return google_error(500, f"The local cloud could not handle this request: {exc}")
 
-    def __call__(self, environ: dict, start_response) -> list[bytes]:
-        try:
-            status, headers, body = self._dispatch(environ)
-        except GoogleError as error:
-            status, headers, body = google_error(error.status, error.message, error.reason, error.status_name)
-        except Exception as exc:  # a bad request must never bring the local cloud down
-            log.exception("GCP %s %s failed", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
-            status, headers, body = google_error(500, f"The local cloud could not handle this request: {exc}")
-        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
-        return [body]
+    def not_found(self, path: str) -> Exception:
+        return GoogleError(404, f"Not found: {path}", "notFound")
 
-    def _dispatch(self, environ: dict) -> Response:
-        method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/")
-        known_path = False
-        for route_method, pattern, handler in self._routes:
-            if match := pattern.match(path):
-                known_path = True
-                if route_method == method:
-                    query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-                    return handler(GcpRequest(method, path, match.groupdict(), query, environ))
-        if known_path:
-            raise GoogleError(405, f"Method {method} is not allowed on {path}.", "methodNotAllowed")
-        raise GoogleError(404, f"Not found: {path}", "notFound")
-
-
-def _read_body(environ: dict) -> bytes:
-    if "labcloud.body" not in environ:
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        environ["labcloud.body"] = environ["wsgi.input"].read(length) if length > 0 else b""
-    return environ["labcloud.body"]
+    def not_allowed(self, method: str, path: str) -> Exception:
+        return GoogleError(405, f"Method {method} is not allowed on {path}.", "methodNotAllowed")
 
 
 def _token(request: GcpRequest) -> Response:

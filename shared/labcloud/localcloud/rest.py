@@ -1,0 +1,102 @@
+"""What the REST front doors of the local cloud (Google Cloud, Azure) share: routes by method and path regex, the
+request a handler gets, and the rule that a bad request never brings the local cloud down. Each cloud's gateway
+says how its errors look (`error_response`, `not_found`, `not_allowed`)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from urllib.parse import parse_qs
+
+log = logging.getLogger(__name__)
+
+Response = tuple[int, list[tuple[str, str]], bytes]
+
+
+@dataclass
+class RestRequest:
+    method: str
+    path: str
+    params: dict[str, str]  # the route's named groups
+    query: dict[str, str]  # the query string, first value of each name
+    environ: dict = field(repr=False)
+
+    def body(self) -> bytes:
+        """The request body, read once (a handler and a wrapper may both ask)."""
+        if "labcloud.body" not in self.environ:
+            try:
+                length = int(self.environ.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = 0
+            self.environ["labcloud.body"] = self.environ["wsgi.input"].read(length) if length > 0 else b""
+        return self.environ["labcloud.body"]
+
+    def header(self, name: str) -> str:
+        return self.environ.get("HTTP_" + name.upper().replace("-", "_"), "")
+
+    @property
+    def content_type(self) -> str:
+        return self.environ.get("CONTENT_TYPE", "")
+
+
+class RestGateway:
+    """Routes requests to handlers; a subclass names its request type, its error type and how errors look."""
+
+    cloud = "REST"
+    request_type: type[RestRequest] = RestRequest
+    error_type: type[Exception] = Exception
+
+    def __init__(self):
+        self._routes: list[tuple[str, re.Pattern, Callable]] = []
+
+    def route(self, method: str, pattern: str, handler: Callable) -> None:
+        """Send `method` requests whose path matches `pattern` (a regex, anchored at both ends) to `handler`."""
+        self._routes.append((method, re.compile(f"^{pattern}$"), handler))
+
+    def handles(self, environ: dict) -> bool:
+        """Whether a request is for this cloud: a path one of its routes knows, without an AWS signature (an S3
+        bucket that happens to share a path stays S3's)."""
+        if environ.get("HTTP_AUTHORIZATION", "").startswith("AWS4-") or "X-Amz-Credential" in environ.get(
+            "QUERY_STRING", ""
+        ):
+            return False
+        path = environ.get("PATH_INFO", "/")
+        return any(pattern.match(path) for _, pattern, _ in self._routes)
+
+    def __call__(self, environ: dict, start_response) -> list[bytes]:
+        try:
+            status, headers, body = self._dispatch(environ)
+        except self.error_type as error:
+            status, headers, body = self.error_response(error)
+        except Exception as exc:  # a bad request must never bring the local cloud down
+            log.exception("%s %s %s failed", self.cloud, environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            status, headers, body = self.internal_error(exc)
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        return [body]
+
+    def _dispatch(self, environ: dict) -> Response:
+        method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/")
+        known_path = False
+        for route_method, pattern, handler in self._routes:
+            if match := pattern.match(path):
+                known_path = True
+                if route_method == method:
+                    query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+                    return handler(self.request_type(method, path, match.groupdict(), query, environ))
+        raise self.not_allowed(method, path) if known_path else self.not_found(path)
+
+    # how this cloud's errors look -------------------------------------------------------------------------
+    def error_response(self, error) -> Response:
+        raise NotImplementedError
+
+    def internal_error(self, exc: Exception) -> Response:
+        raise NotImplementedError
+
+    def not_found(self, path: str) -> Exception:
+        raise NotImplementedError
+
+    def not_allowed(self, method: str, path: str) -> Exception:
+        raise NotImplementedError
