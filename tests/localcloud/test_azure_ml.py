@@ -212,3 +212,18 @@ def test_cluster_nodes_are_metered_with_the_idle_time_before_scale_down(
     price = load_catalog().get("Standard_DS3_v2").on_demand_usd_per_hour
     assert line["usd"].iloc[0] == pytest.approx(hours * price)
     ml_client.compute.begin_delete("metered-cluster").result()
+
+
+def test_a_malformed_body_is_azures_400_and_the_cloud_stays_up(connection, ml_client):
+    from labcloud.localcloud.azure.services.machine_learning import LOCAL_TOKEN, MFE
+
+    url = (
+        f"{connection.server.https_url}{MFE}/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-ai/providers/"
+        "Microsoft.MachineLearningServices/workspaces/ai-workspace/computes/broken?api-version=2023-08-01-preview"
+    )
+    headers = {"Authorization": f"Bearer {LOCAL_TOKEN}", "Content-Type": "application/json"}
+    answer = requests.put(url, data=b"{not json", headers=headers, timeout=10)
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "BadRequest"
+    answer = requests.put(url.replace("computes/broken", "jobs/broken"), json={"properties": {}}, headers=headers)
+    assert answer.status_code == 400 and "command" in answer.json()["error"]["message"].lower()
+    assert ml_client.workspaces.get("ai-workspace").name == "ai-workspace"
