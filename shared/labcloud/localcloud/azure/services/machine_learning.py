@@ -15,8 +15,9 @@ Served so far:
   nodes bill all the time the cluster exists (metered when it is changed or deleted and when the local cloud
   stops); a job's nodes above the minimum bill for the job's run time plus `idle_time_before_scale_down`, the time
   AmlCompute keeps an idle node before releasing it (as if no other job reused it).
-- Command jobs, code assets and run history: `machine_learning_jobs.py`.
-Not yet: data assets, models, `jobs.download`.
+- Command jobs, code assets and run history: `machine_learning_jobs.py`; datastores, data assets, models and what
+  `jobs.download` reads: `machine_learning_assets.py`.
+Not yet: an MLflow tracking URI for the workspace, pipelines, online endpoints.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def register(gateway, context) -> None:
     from .machine_learning_jobs import register_jobs
 
     register_jobs(gateway, context, api)
+    from .machine_learning_assets import register_assets  # after the jobs: assets reads api.jobs
+
+    register_assets(gateway, context, api)
     context.on_shutdown(api.meter_all_always_on)
 
 

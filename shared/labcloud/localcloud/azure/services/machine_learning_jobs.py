@@ -57,6 +57,7 @@ LOG_TAIL_LINES = 20
 def register_jobs(gateway, context, workspaces) -> None:
     """Called by machine_learning.register with its workspaces (jobs run on their compute)."""
     api = JobsApi(context, workspaces)
+    workspaces.jobs = api  # machine_learning_assets reads the jobs and their logs for `jobs.download`
     for method, pattern, handler in (
         ("GET", _CODE + "/versions", api.list_code_versions),
         ("POST", _CODE + r"/versions/(?P<version>[^/]+)/startPendingUpload", api.start_pending_upload),
@@ -245,7 +246,7 @@ class JobsApi:
             if spec.get("jobInputType") == "literal":
                 bindings[f"inputs.{name}"] = str(spec.get("value", ""))
                 continue
-            match = _DATASTORE_URI.match(spec.get("uri", ""))
+            match = _DATASTORE_URI.match(self._asset_path(job, spec.get("uri", "")))
             if not match:
                 raise AzureError(400, "UserError", f"Input {name}: only azureml://datastores/... paths are served.")
             target = folder / "inputs" / name
@@ -262,6 +263,12 @@ class JobsApi:
             target.mkdir(parents=True, exist_ok=True)
             bindings[f"outputs.{name}"] = str(target)
         return bindings
+
+    def _asset_path(self, job: dict, uri: str) -> str:
+        """The `azureml://datastores/...` path an input stands for: a data asset or model (`azureml:<name>:<version>`)
+        is resolved to where it was uploaded, a job output to where the job put it (machine_learning_assets)."""
+        assets = getattr(self.workspaces, "assets", None)  # machine_learning_assets, when registered
+        return assets.resolve_input(job["id"], uri) if assets is not None else uri
 
     def _environment(self, job: dict) -> dict[str, str]:
         python_dir = str(Path(sys.executable).parent)
