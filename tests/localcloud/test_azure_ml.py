@@ -101,17 +101,18 @@ def cluster(ml_client):
 
 @pytest.fixture
 def datastore_data(connection):
-    """rows.csv in the `mydata` datastore (its container in Blob storage), under paths/train/."""
+    """rows.csv in the `testdata` datastore (its container in Blob storage), under paths/train/; not `mydata`,
+    which lab 04 fills on the same local cloud."""
     import os
 
     from azure.storage.blob import BlobServiceClient
 
     service = BlobServiceClient.from_connection_string(os.environ["AZURE_STORAGE_CONNECTION_STRING"])
-    container = service.get_container_client("mydata")
+    container = service.get_container_client("testdata")
     if not container.exists():
         container.create_container()
     container.upload_blob("train/rows.csv", b"1,2\n3,4\n5,6\n", overwrite=True)
-    return "azureml://datastores/mydata/paths/train/"
+    return "azureml://datastores/testdata/paths/train/"
 
 
 def _job(tmp_path, command, inputs, outputs=None, compute="cpu-cluster"):
