@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 import statistics
 import subprocess
 import tempfile
@@ -21,6 +22,7 @@ JOB_OVERHEAD_BUDGET_S = 1.0  # as for SageMaker's and Vertex's training jobs
 
 
 def azure_ml_command_job(lab: Lab) -> list[Row]:
+    logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every HTTP request at INFO
     _connect(lab)
     from azure.ai.ml import MLClient, command
     from azure.ai.ml.entities import AmlCompute
