@@ -37,10 +37,11 @@ LOCAL_IDENTITY_HEADER = "labcloud-local-identity"
 TOKEN_PATH = ADMIN_PREFIX + "/identity/token"
 DISCOVERY_PATH = ADMIN_PREFIX + "/discovery"
 MFE = "/mferp/managementfrontend"
-_WORKSPACE = (
-    MFE + r"/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<group>[^/]+)"
+WORKSPACE_PATH = (  # the workspace part of an ARM id, under the MFE base URL and under run history's
+    r"/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<group>[^/]+)"
     r"/providers/Microsoft\.MachineLearningServices/workspaces/(?P<workspace>[^/]+)"
 )
+_WORKSPACE = MFE + WORKSPACE_PATH
 _COMPUTE = _WORKSPACE + r"/computes/(?P<compute>[^/]+)"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,31}$")  # AmlCompute names: 2-32 characters, letters first
 _VM_SIZE = re.compile(r"^Standard_[A-Za-z0-9_]+$", re.IGNORECASE)  # any Azure VM size name; all are simulated
@@ -90,7 +91,7 @@ class MachineLearningApi:
         self.context = context
         self.file = Path(context.records("machine-learning")) / "workspaces.json"
         self.lock = threading.Lock()
-        self.workspaces: dict[str, dict] = json.loads(self.file.read_text()) if self.file.exists() else {}
+        self.workspaces: dict[str, dict] = load_json(self.file)
 
     # identity ------------------------------------------------------------------------------------------------
     def token(self, request: AzureRequest):
@@ -286,6 +287,20 @@ def _compute_spec(name: str, body: dict) -> dict:
             "nodeIdleTimeBeforeScaleDown": scale.get("nodeIdleTimeBeforeScaleDown", "PT120S"),
         },
     }
+
+
+def utc(seconds: float):
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc)
+
+
+def load_json(path: Path) -> dict:
+    """A JSON record file, or {} when there is none yet (or it is unreadable)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def iso_duration_seconds(value) -> float:

@@ -33,12 +33,9 @@ from pathlib import Path
 
 from ..gateway import AzureError, AzureRequest, json_response
 from .blob import ACCOUNT, ACCOUNT_KEY, read_status
-from .machine_learning import MFE, _arm_id, _authorized, _json_body, _workspace_key
+from .machine_learning import MFE, WORKSPACE_PATH, _arm_id, _authorized, _json_body, _workspace_key, load_json, utc
 
-_WORKSPACE = (
-    r"/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<group>[^/]+)"
-    r"/providers/Microsoft\.MachineLearningServices/workspaces/(?P<workspace>[^/]+)"
-)
+_WORKSPACE = WORKSPACE_PATH
 _DATASTORES = MFE + _WORKSPACE + "/datastores"
 _ASSETS = MFE + _WORKSPACE + r"/(?P<kind>data|models)"
 _ASSET = _ASSETS + r"/(?P<name>[^/]+)"
@@ -101,7 +98,7 @@ class AssetsApi:
         self.file = Path(context.records("machine-learning-assets")) / "assets.json"
         self.lock = threading.Lock()
         # workspace key -> kind (data | models) -> asset name -> version -> the version's REST resource
-        self.assets: dict[str, dict[str, dict[str, dict[str, dict]]]] = _load(self.file)
+        self.assets: dict[str, dict[str, dict[str, dict[str, dict]]]] = load_json(self.file)
 
     # datastores ----------------------------------------------------------------------------------------------
     def list_datastores(self, request: AzureRequest):
@@ -133,7 +130,7 @@ class AssetsApi:
             ACCOUNT_KEY,
             ResourceTypes(service=True, container=True, object=True),
             AccountSasPermissions(read=True, write=True, delete=True, list=True, add=True, create=True),
-            expiry=_utc(time.time() + SAS_LIFETIME_S),
+            expiry=utc(time.time() + SAS_LIFETIME_S),
         )
         return json_response({"secretsType": "Sas", "sasToken": token})
 
@@ -237,7 +234,7 @@ class AssetsApi:
         uri = properties.get(_URI_PROPERTY[kind])
         if not isinstance(uri, str) or not uri:
             raise AzureError(400, "UserError", f"{_KIND_WORD[kind]} {name}:{version} needs a {_URI_PROPERTY[kind]}.")
-        now = _utc(time.time()).isoformat()  # microseconds: `@latest` tells apart versions made in one second
+        now = utc(time.time()).isoformat()  # microseconds: `@latest` tells apart versions made in one second
         resource = {
             "id": f"{_arm_id(p)}/{kind}/{name}/versions/{version}",
             "name": version,
@@ -386,16 +383,3 @@ def _is_header(key: str) -> bool:
 
 def _header_name(key: str) -> str:
     return "-".join(part.capitalize() for part in key.removeprefix("HTTP_").split("_"))
-
-
-def _utc(seconds: float):
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc)
-
-
-def _load(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}

@@ -34,12 +34,9 @@ from pathlib import Path
 
 from ..gateway import ADMIN_PREFIX, AzureError, AzureRequest, json_response
 from .blob import ACCOUNT, ACCOUNT_KEY, read_status
-from .machine_learning import MFE, _authorized, _json_body, _workspace_key
+from .machine_learning import MFE, WORKSPACE_PATH, _authorized, _json_body, _workspace_key, load_json, utc
 
-_WORKSPACE = (
-    r"/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<group>[^/]+)"
-    r"/providers/Microsoft\.MachineLearningServices/workspaces/(?P<workspace>[^/]+)"
-)
+_WORKSPACE = WORKSPACE_PATH
 _CODE = MFE + _WORKSPACE + r"/codes/(?P<code>[^/]+)"
 _JOB = MFE + _WORKSPACE + r"/jobs/(?P<job>[^/]+)"
 _RUN = r"/history/v1\.0" + _WORKSPACE + r"/(?:experiments/[^/]+/)?runs/(?P<job>[^/]+)"
@@ -80,7 +77,7 @@ class JobsApi:
         self.folder = Path(context.records("machine-learning-jobs"))
         self.lock = threading.Lock()
         self.codes: dict[str, dict] = {}
-        self.jobs: dict[str, dict] = _load(self.folder / "jobs.json")
+        self.jobs: dict[str, dict] = load_json(self.folder / "jobs.json")
         self.polled: set[str] = set()
         self.processes: dict[str, subprocess.Popen] = {}
         for job in self.jobs.values():  # a job the last shutdown interrupted cannot resume
@@ -98,7 +95,7 @@ class JobsApi:
         container = f"code-{request.params['code'][:8]}-{int(time.time() * 1000)}"
         BlobServiceClient.from_connection_string(status.connection_string).create_container(container)
         permission = ContainerSasPermissions(read=True, write=True, list=True, create=True, add=True)
-        expiry = _utc(time.time() + 3600)
+        expiry = utc(time.time() + 3600)
         sas = generate_container_sas(ACCOUNT, container, account_key=ACCOUNT_KEY, permission=permission, expiry=expiry)
         uri = f"{status.endpoint}/{container}"
         return json_response(
@@ -416,16 +413,3 @@ def _container_path(uri: str) -> tuple[str, str]:
     """(container, path) of a blob URL http://host:port/<account>/<container>/<path>."""
     parts = uri.split("://", 1)[-1].split("/", 3)
     return parts[2], parts[3] if len(parts) > 3 else ""
-
-
-def _utc(seconds: float):
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc)
-
-
-def _load(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
