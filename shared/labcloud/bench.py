@@ -196,6 +196,20 @@ def side_by_side(
     return samples
 
 
+def interleaved(
+    through: Callable[[], object], direct: Callable[[], object], iterations: int, warmup: int
+) -> tuple[list[float], list[float]]:
+    """Time `through` (the local cloud) and `direct` (its baseline) alternately, after a warm-up of both, so that
+    both see the same machine state; (through's timings, direct's timings)."""
+    for _ in range(warmup):
+        through(), direct()
+    timings: tuple[list[float], list[float]] = ([], [])
+    for _ in range(iterations):
+        timings[0].append(timed(through))
+        timings[1].append(timed(direct))
+    return timings
+
+
 # --- measurements: each returns rows for the table ---------------------------------------------------------
 
 

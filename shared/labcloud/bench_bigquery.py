@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from .bench import Lab, Row, timed
+from .bench import Lab, Row, interleaved, timed
 from .bench_services import _connect
 
 ROWS = 100_000
@@ -51,12 +51,7 @@ def bigquery_aggregate(lab: Lab) -> list[Row]:
 
     if len(through_client()) != len(direct()):
         raise RuntimeError("the local BigQuery and DuckDB answered the aggregate differently")
-    for _ in range(QUERY_WARMUP):
-        through_client(), direct()
-    through, straight = [], []
-    for _ in range(QUERY_RUNS):  # interleaved, so both see the same machine state
-        through.append(timed(through_client))
-        straight.append(timed(direct))
+    through, straight = interleaved(through_client, direct, QUERY_RUNS, QUERY_WARMUP)
     return [
         Row(f"BigQuery {ROWS // 1000}k-row GROUP BY through the client", through, baseline=straight),
         Row("  the same SQL in DuckDB directly", straight),

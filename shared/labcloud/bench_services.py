@@ -26,7 +26,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from .bench import Lab, Row, timed
+from .bench import Lab, Row, interleaved, timed
 
 FIT_RUNS, DEPLOY_RUNS = 5, 3
 PREDICT_ITERATIONS, PREDICT_WARMUP = 300, 30
@@ -164,12 +164,7 @@ def sagemaker_deploy_and_predict(lab: Lab) -> list[Row]:
 
     if predictor.predict(payload) != direct():
         raise RuntimeError("the endpoint and its model server answered differently")
-    for _ in range(PREDICT_WARMUP):
-        predictor.predict(payload), direct()
-    through, straight = [], []
-    for _ in range(PREDICT_ITERATIONS):  # interleaved, so both see the same machine state
-        through.append(timed(lambda: predictor.predict(payload)))
-        straight.append(timed(direct))
+    through, straight = interleaved(lambda: predictor.predict(payload), direct, PREDICT_ITERATIONS, PREDICT_WARMUP)
     predictor.delete_endpoint()
     overhead = statistics.median(through) - statistics.median(straight)
     return [
@@ -298,13 +293,7 @@ def _vertex_predictions(lab: Lab, endpoint) -> tuple[list[float], list[float]]:
 
     if endpoint.predict(instances=instances).predictions != direct():
         raise RuntimeError("the endpoint and its model server answered differently")
-    for _ in range(PREDICT_WARMUP):
-        endpoint.predict(instances=instances), direct()
-    through, straight = [], []
-    for _ in range(PREDICT_ITERATIONS):  # interleaved, so both see the same machine state
-        through.append(timed(lambda: endpoint.predict(instances=instances)))
-        straight.append(timed(direct))
-    return through, straight
+    return interleaved(lambda: endpoint.predict(instances=instances), direct, PREDICT_ITERATIONS, PREDICT_WARMUP)
 
 
 def azure_openai_chat(lab: Lab) -> list[Row]:
@@ -332,12 +321,7 @@ def azure_openai_chat(lab: Lab) -> list[Row]:
 
     if through() != direct():
         raise RuntimeError("the local Azure OpenAI and the stand-in model answered differently")
-    for _ in range(CHAT_WARMUP):
-        through(), direct()
-    via_client, straight = [], []
-    for _ in range(CHAT_ITERATIONS):  # interleaved, so both see the same machine state
-        via_client.append(timed(through))
-        straight.append(timed(direct))
+    via_client, straight = interleaved(through, direct, CHAT_ITERATIONS, CHAT_WARMUP)
     overhead = statistics.median(via_client) - statistics.median(straight)
     return [
         Row("Azure OpenAI chat completion (openai client)", via_client, baseline=straight),
