@@ -81,6 +81,32 @@ def read_status(azure_state_dir: Path) -> BlobStatus | None:
         return None
 
 
+def ready(azure_state_dir: Path) -> BlobStatus:
+    """Azurite's status while it serves; Azure's 503 otherwise (for the services that keep their data in it)."""
+    from ..gateway import AzureError
+
+    status = read_status(azure_state_dir)
+    if status is None or status.status != "ready":
+        reason = status.reason if status else "it has not started"
+        raise AzureError(503, "ServiceUnavailable", f"Blob storage (Azurite) is not available: {reason}")
+    return status
+
+
+def service_client(azure_state_dir: Path):
+    """An azure-storage-blob client for Azurite with the account key."""
+    from azure.storage.blob import BlobServiceClient
+
+    return BlobServiceClient.from_connection_string(ready(azure_state_dir).connection_string)
+
+
+def container_client(azure_state_dir: Path, name: str, create: bool = False):
+    """A container of Azurite, made first when `create` and it does not exist yet."""
+    container = service_client(azure_state_dir).get_container_client(name)
+    if create and not container.exists():
+        container.create_container()
+    return container
+
+
 def azurite_command() -> tuple[list[str] | None, str]:
     """The command that starts Azurite's Blob service, or None and the reason it cannot be started."""
     configured = os.environ.get(AZURITE_VARIABLE)

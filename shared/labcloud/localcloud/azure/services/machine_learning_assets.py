@@ -32,8 +32,10 @@ import time
 from pathlib import Path
 
 from ..gateway import AzureError, AzureRequest, json_response
-from .blob import ACCOUNT, ACCOUNT_KEY, read_status
+from . import blob
+from .blob import ACCOUNT, ACCOUNT_KEY
 from .machine_learning import MFE, WORKSPACE_PATH, _arm_id, _authorized, _json_body, _workspace_key, load_json, utc
+from .machine_learning_jobs import FINISHED, LOG_NAME
 
 _WORKSPACE = WORKSPACE_PATH
 _DATASTORES = MFE + _WORKSPACE + "/datastores"
@@ -159,9 +161,8 @@ class AssetsApi:
     def _containers(self) -> list[str]:
         """The Azurite containers, the workspace's own datastores made on first look (Azure makes them with it)."""
         from azure.core.exceptions import ResourceExistsError
-        from azure.storage.blob import BlobServiceClient
 
-        service = BlobServiceClient.from_connection_string(self._blob_storage().connection_string)
+        service = blob.service_client(self.context.state_dir)
         names = [container.name for container in service.list_containers()]
         for name in BUILT_IN_DATASTORES:
             if name not in names:
@@ -172,7 +173,7 @@ class AssetsApi:
 
     def blob_proxy(self, request: AzureRequest):
         """The request, unchanged, to Azurite's loopback port; Azurite's answer, unchanged, back."""
-        status = self._blob_storage()
+        status = blob.ready(self.context.state_dir)
         headers = {_header_name(key): value for key, value in request.environ.items() if _is_header(key)}
         headers.pop("Host", None)
         query = request.environ.get("QUERY_STRING", "")
@@ -192,13 +193,6 @@ class AssetsApi:
             connection.close()
         kept = [(k, v) for k, v in answer.getheaders() if k.lower() not in _HOP_BY_HOP]
         return answer.status, kept, body
-
-    def _blob_storage(self):
-        status = read_status(self.context.state_dir)
-        if status is None or status.status != "ready":
-            reason = status.reason if status else "it has not started"
-            raise AzureError(503, "ServiceUnavailable", f"Blob storage (Azurite) is not available: {reason}")
-        return status
 
     # data assets and models ----------------------------------------------------------------------------------
     def list_containers(self, request: AzureRequest):
@@ -330,19 +324,14 @@ class AssetsApi:
     def _publish_logs(self, job: dict) -> None:
         """A finished job's log, to where `jobs.download` looks for logs (the artifact store); uploaded again at
         each download rather than tracked, as it is small and the job may have been run again under its name."""
-        if job["properties"]["status"] not in ("Completed", "Failed", "Canceled"):
+        if job["properties"]["status"] not in FINISHED:
             return
-        log_path = self.workspaces.jobs.folder / job["name"] / "user_logs" / "std_log.txt"
+        log_path = self.workspaces.jobs.folder / job["name"] / LOG_NAME
         if not log_path.exists():
             return
-        from azure.storage.blob import BlobServiceClient
-
-        service = BlobServiceClient.from_connection_string(self._blob_storage().connection_string)
-        container = service.get_container_client(ARTIFACT_DATASTORE)
-        if not container.exists():
-            container.create_container()
-        blob = f"ExperimentRun/dcid.{job['name']}/user_logs/std_log.txt"
-        container.upload_blob(blob, log_path.read_bytes(), overwrite=True)
+        container = blob.container_client(self.context.state_dir, ARTIFACT_DATASTORE, create=True)
+        name = f"ExperimentRun/dcid.{job['name']}/{LOG_NAME}"
+        container.upload_blob(name, log_path.read_bytes(), overwrite=True)
 
     def _save(self) -> None:
         tmp = self.file.with_suffix(".tmp")

@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 
 from ..gateway import ADMIN_PREFIX, AzureError, AzureRequest, json_response
-from .blob import ACCOUNT, ACCOUNT_KEY, read_status
+from . import blob
+from .blob import ACCOUNT, ACCOUNT_KEY
 from .machine_learning import MFE, WORKSPACE_PATH, _authorized, _json_body, _workspace_key, load_json, utc
 
 _WORKSPACE = WORKSPACE_PATH
@@ -89,11 +90,11 @@ class JobsApi:
         return json_response({"value": []})  # never a hash match: every job uploads its folder afresh
 
     def start_pending_upload(self, request: AzureRequest):
-        from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
+        from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
-        status = self._blob_storage()
+        status = blob.ready(self.context.state_dir)
         container = f"code-{request.params['code'][:8]}-{int(time.time() * 1000)}"
-        BlobServiceClient.from_connection_string(status.connection_string).create_container(container)
+        blob.container_client(self.context.state_dir, container, create=True)
         permission = ContainerSasPermissions(read=True, write=True, list=True, create=True, add=True)
         expiry = utc(time.time() + 3600)
         sas = generate_container_sas(ACCOUNT, container, account_key=ACCOUNT_KEY, permission=permission, expiry=expiry)
@@ -280,45 +281,29 @@ class JobsApi:
 
     def _download(self, container: str, prefix: str, target: Path) -> list[Path]:
         """Every blob under `prefix` in `container`, into `target` (relative paths kept); the files written."""
-        client = self._container(container)
+        client = blob.container_client(self.context.state_dir, container)
         if not client.exists():
             return []
         written = []
         prefix = prefix.strip("/")
-        for blob in client.list_blobs(name_starts_with=prefix):
-            relative = blob.name[len(prefix) :].lstrip("/") or Path(blob.name).name
+        for item in client.list_blobs(name_starts_with=prefix):
+            relative = item.name[len(prefix) :].lstrip("/") or Path(item.name).name
             path = target / relative
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(client.download_blob(blob.name).readall())
+            path.write_bytes(client.download_blob(item.name).readall())
             written.append(path)
         return written
 
     def _upload_outputs(self, job: dict, outputs: Path) -> None:
         if not outputs.exists():
             return
-        client = self._container(OUTPUT_DATASTORE)
-        if not client.exists():
-            client.create_container()
+        client = blob.container_client(self.context.state_dir, OUTPUT_DATASTORE, create=True)
         for path in outputs.rglob("*"):
             if path.is_file():
                 name = f"azureml/{job['name']}/{path.relative_to(outputs).as_posix()}"
                 client.upload_blob(name, path.read_bytes(), overwrite=True)
         for name, spec in (job["properties"].get("outputs") or {}).items():
             spec.setdefault("uri", f"azureml://datastores/{OUTPUT_DATASTORE}/paths/azureml/{job['name']}/{name}/")
-
-    def _container(self, name: str):
-        from azure.storage.blob import BlobServiceClient
-
-        return BlobServiceClient.from_connection_string(self._blob_storage().connection_string).get_container_client(
-            name
-        )
-
-    def _blob_storage(self):
-        status = read_status(self.context.state_dir)
-        if status is None or status.status != "ready":
-            reason = status.reason if status else "it has not started"
-            raise AzureError(503, "ServiceUnavailable", f"Blob storage (Azurite) is not available: {reason}")
-        return status
 
     def _set_status(self, job: dict, status: str) -> None:
         with self.lock:
