@@ -16,14 +16,20 @@ def own_cloud(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def connection():
+def saved_environment():
+    """os.environ as it was before the test (connect() writes it), put back afterwards."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def connection(saved_environment):
     """This process's clients pointed at the session's local cloud, as a notebook does; the environment is restored."""
     import labcloud
 
-    saved = dict(os.environ)
-    yield labcloud.connect("local")
-    os.environ.clear()
-    os.environ.update(saved)
+    return labcloud.connect("local")
 
 
 @pytest.fixture

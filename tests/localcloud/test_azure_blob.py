@@ -21,15 +21,7 @@ pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is
 
 
 @pytest.fixture
-def restored_environment():
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
-@pytest.fixture
-def blob_service(restored_environment) -> BlobServiceClient:
+def blob_service(saved_environment) -> BlobServiceClient:
     labcloud.connect("local")
     return BlobServiceClient.from_connection_string(os.environ[STORAGE_VARIABLE])
 
@@ -77,7 +69,7 @@ def test_a_sas_url_lets_a_client_without_the_key_upload(blob_service):
     assert container.download_blob("model.pt").readall() == b"weights"
 
 
-def test_blobs_survive_a_restart_and_azurite_stops_with_the_cloud(own_cloud, restored_environment):
+def test_blobs_survive_a_restart_and_azurite_stops_with_the_cloud(own_cloud, saved_environment):
     labcloud.connect("local")  # LABCLOUD_HOME is this test's own cloud
     service = BlobServiceClient.from_connection_string(os.environ[STORAGE_VARIABLE])
     service.create_container("checkpoints").upload_blob("epoch-3.pt", b"state")
@@ -94,7 +86,7 @@ def test_blobs_survive_a_restart_and_azurite_stops_with_the_cloud(own_cloud, res
 
 
 def test_without_azurite_the_cloud_starts_and_says_blob_storage_is_unavailable(
-    tmp_path, monkeypatch, restored_environment
+    tmp_path, monkeypatch, saved_environment
 ):
     state = tmp_path / "state"
     monkeypatch.setenv("LABCLOUD_HOME", str(state))

@@ -23,15 +23,6 @@ API_VERSION = "2024-02-01"
 QUESTION = [{"role": "user", "content": "How are Azure OpenAI quotas set?"}]
 
 
-@pytest.fixture
-def azure_connection():
-    """This process wired to the session's local cloud, as a notebook is; the environment is restored after."""
-    saved = dict(os.environ)
-    yield labcloud.connect("local")
-    os.environ.clear()
-    os.environ.update(saved)
-
-
 def _client(**options) -> AzureOpenAI:
     """The client exactly as a notebook builds it for the real service."""
     return AzureOpenAI(
@@ -56,13 +47,13 @@ def _own_deployment(prefix: str, model: str = "gpt-4o", **quota) -> str:
     return name
 
 
-def test_connect_wires_the_endpoint_and_a_local_key(azure_connection):
-    assert os.environ["AZURE_OPENAI_ENDPOINT"] == azure_connection.server.url
-    assert os.environ["AZURE_OPENAI_API_KEY"] == azure_connection.env["AZURE_OPENAI_API_KEY"]
-    assert "OPENAI_API_VERSION" not in azure_connection.env  # the notebook names its api-version, as on Azure
+def test_connect_wires_the_endpoint_and_a_local_key(connection):
+    assert os.environ["AZURE_OPENAI_ENDPOINT"] == connection.server.url
+    assert os.environ["AZURE_OPENAI_API_KEY"] == connection.env["AZURE_OPENAI_API_KEY"]
+    assert "OPENAI_API_VERSION" not in connection.env  # the notebook names its api-version, as on Azure
 
 
-def test_chat_completion_has_azures_shape_and_usage(azure_connection):
+def test_chat_completion_has_azures_shape_and_usage(connection):
     reply = _client().chat.completions.create(model="gpt-4o", messages=QUESTION)
     data = reply.model_dump()
     assert data["id"].startswith("chatcmpl-") and data["object"] == "chat.completion"
@@ -83,7 +74,7 @@ def test_chat_completion_has_azures_shape_and_usage(azure_connection):
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
-def test_replies_are_deterministic_and_the_system_prompt_is_read(azure_connection):
+def test_replies_are_deterministic_and_the_system_prompt_is_read(connection):
     client = _client()
     first = client.chat.completions.create(model="gpt-4o", messages=QUESTION)
     again = client.chat.completions.create(model="gpt-4o", messages=QUESTION)
@@ -95,7 +86,7 @@ def test_replies_are_deterministic_and_the_system_prompt_is_read(azure_connectio
     assert with_system.choices[0].message.content == first.choices[0].message.content
 
 
-def test_max_tokens_cuts_the_reply_with_finish_reason_length(azure_connection):
+def test_max_tokens_cuts_the_reply_with_finish_reason_length(connection):
     client = _client()
     full = client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION).choices[0].message.content
     short = client.chat.completions.create(model="gpt-4o-mini", messages=QUESTION, max_tokens=5)
@@ -106,7 +97,7 @@ def test_max_tokens_cuts_the_reply_with_finish_reason_length(azure_connection):
     assert roomy.choices[0].finish_reason == "stop" and roomy.choices[0].message.content == full
 
 
-def test_streaming_gives_the_same_text_in_pieces(azure_connection):
+def test_streaming_gives_the_same_text_in_pieces(connection):
     client = _client()
     whole = client.chat.completions.create(model="gpt-4o", messages=QUESTION)
     stream = client.chat.completions.create(
@@ -122,7 +113,7 @@ def test_streaming_gives_the_same_text_in_pieces(azure_connection):
     assert finish == "stop" and usage.total_tokens == whole.usage.total_tokens
 
 
-def test_embeddings_are_deterministic_vectors(azure_connection):
+def test_embeddings_are_deterministic_vectors(connection):
     client = _client()
     texts = ["spot instances are cheap", "spot instances cost less", "the HPA scales pods"]
     data = client.embeddings.create(model="text-embedding-3-small", input=texts).data  # base64 on the wire
@@ -138,7 +129,7 @@ def test_embeddings_are_deterministic_vectors(azure_connection):
     assert len(short.data[0].embedding) == 256 and short.usage.prompt_tokens == standin_llm.count_tokens(texts[0])
 
     raw = requests.post(
-        _url(azure_connection, "text-embedding-3-small", "embeddings"),
+        _url(connection, "text-embedding-3-small", "embeddings"),
         json={"input": texts[0], "encoding_format": "base64"},
         headers=_headers(),
         timeout=10,
@@ -147,7 +138,7 @@ def test_embeddings_are_deterministic_vectors(azure_connection):
     assert list(struct.unpack(f"<{len(packed) // 4}f", packed)) == pytest.approx(vectors[0], abs=1e-6)
 
 
-def test_wrong_key_is_401_and_unknown_deployment_is_404(azure_connection):
+def test_wrong_key_is_401_and_unknown_deployment_is_404(connection):
     wrong = AzureOpenAI(
         azure_endpoint=os.environ["AZURE_OPENAI_ENDPOINT"], api_key="not-the-key", api_version=API_VERSION
     )
@@ -163,14 +154,14 @@ def test_wrong_key_is_401_and_unknown_deployment_is_404(azure_connection):
         _client().chat.completions.create(model="no-such-deployment", messages=QUESTION)
     assert missing.value.body["code"] == "DeploymentNotFound"
 
-    no_version = requests.post(_url(azure_connection, "gpt-4o").split("?")[0], json={}, headers=_headers(), timeout=10)
+    no_version = requests.post(_url(connection, "gpt-4o").split("?")[0], json={}, headers=_headers(), timeout=10)
     assert no_version.status_code == 404 and no_version.json()["error"]["message"] == "Resource not found"
-    no_key = requests.post(_url(azure_connection, "gpt-4o"), json={"messages": QUESTION}, timeout=10)
+    no_key = requests.post(_url(connection, "gpt-4o"), json={"messages": QUESTION}, timeout=10)
     assert no_key.status_code == 401 and "missing subscription key" in no_key.json()["error"]["message"]
 
 
-def test_malformed_requests_are_400_and_the_cloud_stays_up(azure_connection):
-    url = _url(azure_connection, "gpt-4o")
+def test_malformed_requests_are_400_and_the_cloud_stays_up(connection):
+    url = _url(connection, "gpt-4o")
     for body in (b"{not json", b"[1, 2]", b""):
         answer = requests.post(url, data=body, headers={**_headers(), "Content-Type": "application/json"}, timeout=10)
         assert answer.status_code == 400
@@ -191,11 +182,11 @@ def test_malformed_requests_are_400_and_the_cloud_stays_up(azure_connection):
     with pytest.raises(openai.BadRequestError) as wrong_operation:
         client.embeddings.create(model="gpt-4o", input="hello")
     assert wrong_operation.value.body["code"] == "OperationNotSupported"
-    assert control.health(azure_connection.server)["status"] == "ok"
+    assert control.health(connection.server)["status"] == "ok"
     assert client.chat.completions.create(model="gpt-4o", messages=QUESTION).choices[0].finish_reason == "stop"
 
 
-def test_over_the_token_quota_is_429_with_retry_after_then_success(azure_connection):
+def test_over_the_token_quota_is_429_with_retry_after_then_success(connection):
     deployment = _own_deployment("tiny-quota", tokens_per_minute=100, requests_per_minute=100, window_seconds=1)
     client = _client(max_retries=0)
     tokens_per_call = client.chat.completions.create(model=deployment, messages=QUESTION).usage.total_tokens
@@ -225,7 +216,7 @@ def test_over_the_token_quota_is_429_with_retry_after_then_success(azure_connect
     assert _client(max_retries=3).chat.completions.create(model=deployment, messages=QUESTION).usage.total_tokens
 
 
-def test_max_tokens_counts_against_the_quota_and_so_does_the_request_rate(azure_connection):
+def test_max_tokens_counts_against_the_quota_and_so_does_the_request_rate(connection):
     client = _client(max_retries=0)
     small = _own_deployment("estimate", tokens_per_minute=200, window_seconds=60)
     with pytest.raises(openai.RateLimitError) as too_big:  # counted at prompt + max_tokens, whatever the reply
@@ -242,22 +233,20 @@ def test_max_tokens_counts_against_the_quota_and_so_does_the_request_rate(azure_
     assert limited.value.response.headers["x-ratelimit-remaining-requests"] == "0"
 
 
-def test_success_reports_the_remaining_quota(azure_connection):
+def test_success_reports_the_remaining_quota(connection):
     deployment = _own_deployment("headers", tokens_per_minute=1000)
-    answer = requests.post(
-        _url(azure_connection, deployment), json={"messages": QUESTION}, headers=_headers(), timeout=10
-    )
+    answer = requests.post(_url(connection, deployment), json={"messages": QUESTION}, headers=_headers(), timeout=10)
     used = answer.json()["usage"]["total_tokens"]
     assert int(answer.headers["x-ratelimit-remaining-tokens"]) == 1000 - used
     assert int(answer.headers["x-ratelimit-remaining-requests"]) == 6 - 1  # Azure's 6 RPM per 1,000 TPM
     assert answer.headers["apim-request-id"]
 
 
-def test_calls_are_metered_at_the_models_list_price(azure_connection):
+def test_calls_are_metered_at_the_models_list_price(connection):
     deployment = _own_deployment("metered", model="gpt-4o-mini")
     client = _client()
     usages = [client.chat.completions.create(model=deployment, messages=QUESTION).usage for _ in range(2)]
-    costs = azure_connection.costs()
+    costs = connection.costs()
     (line,) = costs[(costs["cloud"] == "azure") & (costs["resource"] == deployment)].to_dict("records")
     prompt, completion = sum(u.prompt_tokens for u in usages), sum(u.completion_tokens for u in usages)
     assert line["service"] == "openai" and line["action"] == "ChatCompletions_Create"
@@ -266,16 +255,16 @@ def test_calls_are_metered_at_the_models_list_price(azure_connection):
     assert "azure.openai.gpt-4o-mini.output_per_1m_tokens" in line["price_key"]
 
 
-def test_rejected_calls_are_not_metered(azure_connection):
+def test_rejected_calls_are_not_metered(connection):
     deployment = _own_deployment("refused", tokens_per_minute=10)
     with pytest.raises(openai.RateLimitError):
         _client(max_retries=0).chat.completions.create(model=deployment, messages=QUESTION)
-    costs = azure_connection.costs()
+    costs = connection.costs()
     assert costs[costs["resource"] == deployment].empty
 
 
-def test_deployments_are_managed_by_the_local_admin_call(azure_connection):
-    base = f"{azure_connection.server.url}/_labcloud/azure/openai/deployments"
+def test_deployments_are_managed_by_the_local_admin_call(connection):
+    base = f"{connection.server.url}/_labcloud/azure/openai/deployments"
     names = {d["name"] for d in requests.get(base, timeout=10).json()["value"]}
     assert {"gpt-4o", "gpt-4o-mini", "text-embedding-3-small"} <= names
     bad = requests.put(f"{base}/nope", json={"model": "gpt-9"}, timeout=10)
@@ -286,7 +275,7 @@ def test_deployments_are_managed_by_the_local_admin_call(azure_connection):
         _client().chat.completions.create(model=name, messages=QUESTION)
 
 
-def test_connect_to_azure_forgets_the_local_wiring(azure_connection, monkeypatch):
+def test_connect_to_azure_forgets_the_local_wiring(connection, monkeypatch):
     for name in ("AZURE_SUBSCRIPTION_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "IDENTITY_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")  # no `az` CLI either

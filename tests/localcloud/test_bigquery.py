@@ -4,7 +4,6 @@ and BigQuery's errors — the server survives them."""
 
 import datetime as dt
 import decimal
-import os
 import uuid
 
 import pandas as pd
@@ -16,13 +15,9 @@ import labcloud
 
 
 @pytest.fixture
-def client():
+def client(connection):
     """A BigQuery client wired to the session's local cloud, as a notebook gets one; the environment is restored."""
-    saved = dict(os.environ)
-    labcloud.connect("local")
-    yield bigquery.Client()
-    os.environ.clear()
-    os.environ.update(saved)
+    return bigquery.Client()
 
 
 @pytest.fixture
@@ -148,22 +143,17 @@ def test_load_from_cloud_storage_parquet(client, dataset):
     assert [r["total"] for r in rows] == [3.0]
 
 
-def test_tables_persist_across_a_restart(own_cloud, tmp_path):
+def test_tables_persist_across_a_restart(own_cloud, tmp_path, saved_environment):
     from labcloud.localcloud import control
 
-    saved = dict(os.environ)
-    try:
-        labcloud.connect("local")
-        first = bigquery.Client()
-        first.create_dataset("kept")
-        first.insert_rows_json(
-            first.create_table(bigquery.Table(f"{first.project}.kept.t", schema=[bigquery.SchemaField("x", "INT64")])),
-            [{"x": 7}],
-        )
-        control.stop(tmp_path / "state")
-        control.start(tmp_path / "state", port=0)
-        labcloud.connect("local")
-        assert [r["x"] for r in bigquery.Client().query("SELECT x FROM kept.t").result()] == [7]
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    labcloud.connect("local")
+    first = bigquery.Client()
+    first.create_dataset("kept")
+    first.insert_rows_json(
+        first.create_table(bigquery.Table(f"{first.project}.kept.t", schema=[bigquery.SchemaField("x", "INT64")])),
+        [{"x": 7}],
+    )
+    control.stop(tmp_path / "state")
+    control.start(tmp_path / "state", port=0)
+    labcloud.connect("local")
+    assert [r["x"] for r in bigquery.Client().query("SELECT x FROM kept.t").result()] == [7]

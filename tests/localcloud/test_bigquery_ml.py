@@ -3,7 +3,6 @@ type, ML.PREDICT / ML.EVALUATE / ML.ROC_CURVE / ML.CONFUSION_MATRIX / ML.FEATURE
 splits, persistence, metering and errors. Results are checked against scikit-learn on the same rows: the metrics
 must agree with what the model's own predictions do."""
 
-import os
 import uuid
 
 import numpy as np
@@ -210,32 +209,27 @@ def test_data_split_methods(client, fraud):
     assert info["eval_loss"].notna().all()
 
 
-def test_models_persist_and_are_listed_and_dropped(own_cloud, tmp_path):
+def test_models_persist_and_are_listed_and_dropped(own_cloud, tmp_path, saved_environment):
     from labcloud.localcloud import control
 
-    saved = dict(os.environ)
-    try:
-        labcloud.connect("local")  # the test's own cloud (LABCLOUD_HOME)
-        client = bigquery.Client()
-        client.create_dataset("keep")
-        client.load_table_from_dataframe(datasets.fraud_transactions(300, seed=1), "keep.tx").result()
-        options = "model_type='LOGISTIC_REG', input_label_cols=['is_fraud']"
-        create_model(client, "keep.m", options, f"SELECT {FRAUD_FEATURES}, is_fraud FROM keep.tx")
-        predict = "SELECT * FROM ML.PREDICT(MODEL keep.m, (SELECT * FROM keep.tx LIMIT 5))"
-        before = query(client, predict)
-        control.stop(tmp_path / "state")
-        control.start(tmp_path / "state", port=0)
-        labcloud.connect("local")
-        client = bigquery.Client()
-        after = query(client, predict)
-        np.testing.assert_allclose(positive_probability(before, "is_fraud"), positive_probability(after, "is_fraud"))
-        assert [m.model_id for m in client.list_models("keep")] == ["m"]
-        client.query("DROP MODEL keep.m").result()
-        client.query("DROP MODEL IF EXISTS keep.m").result()
-        assert list(client.list_models("keep")) == []
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    labcloud.connect("local")  # the test's own cloud (LABCLOUD_HOME)
+    client = bigquery.Client()
+    client.create_dataset("keep")
+    client.load_table_from_dataframe(datasets.fraud_transactions(300, seed=1), "keep.tx").result()
+    options = "model_type='LOGISTIC_REG', input_label_cols=['is_fraud']"
+    create_model(client, "keep.m", options, f"SELECT {FRAUD_FEATURES}, is_fraud FROM keep.tx")
+    predict = "SELECT * FROM ML.PREDICT(MODEL keep.m, (SELECT * FROM keep.tx LIMIT 5))"
+    before = query(client, predict)
+    control.stop(tmp_path / "state")
+    control.start(tmp_path / "state", port=0)
+    labcloud.connect("local")
+    client = bigquery.Client()
+    after = query(client, predict)
+    np.testing.assert_allclose(positive_probability(before, "is_fraud"), positive_probability(after, "is_fraud"))
+    assert [m.model_id for m in client.list_models("keep")] == ["m"]
+    client.query("DROP MODEL keep.m").result()
+    client.query("DROP MODEL IF EXISTS keep.m").result()
+    assert list(client.list_models("keep")) == []
 
 
 def test_create_model_is_metered_at_bigquery_mls_rate(connection, client, fraud):

@@ -44,26 +44,21 @@ def test_requests_signed_for_aws_never_go_to_the_google_gateway():
     assert not gateway.handles({"PATH_INFO": "/my-bucket/key.txt", "REQUEST_METHOD": "GET"})
 
 
-def test_clients_fail_fast_when_the_local_cloud_is_down(own_cloud, tmp_path):
+def test_clients_fail_fast_when_the_local_cloud_is_down(own_cloud, tmp_path, saved_environment):
     from google.cloud import bigquery, storage
 
     from labcloud.localcloud import control
     from labcloud.wiring.gcp import LocalCloudUnreachable
 
-    saved = dict(os.environ)
-    try:
-        labcloud.connect("local")  # the test's own cloud (LABCLOUD_HOME)
-        gcs, bq = storage.Client(), bigquery.Client()
-        gcs.create_bucket("still-here")
-        control.stop(tmp_path / "state")
-        for call in (lambda: list(gcs.list_buckets()), lambda: bq.query("SELECT 1").result()):
-            started = time.monotonic()
-            with pytest.raises(LocalCloudUnreachable, match="does not answer"):
-                call()
-            assert time.monotonic() - started < 5  # not the clients' minutes of retries
-        control.start(tmp_path / "state", port=0)
-        labcloud.connect("local")
-        assert "still-here" in [b.name for b in storage.Client().list_buckets()]
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    labcloud.connect("local")  # the test's own cloud (LABCLOUD_HOME)
+    gcs, bq = storage.Client(), bigquery.Client()
+    gcs.create_bucket("still-here")
+    control.stop(tmp_path / "state")
+    for call in (lambda: list(gcs.list_buckets()), lambda: bq.query("SELECT 1").result()):
+        started = time.monotonic()
+        with pytest.raises(LocalCloudUnreachable, match="does not answer"):
+            call()
+        assert time.monotonic() - started < 5  # not the clients' minutes of retries
+    control.start(tmp_path / "state", port=0)
+    labcloud.connect("local")
+    assert "still-here" in [b.name for b in storage.Client().list_buckets()]
