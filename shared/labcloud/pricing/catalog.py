@@ -99,6 +99,18 @@ class ServicePrices:
     def keys(self):
         return self._prices.keys()
 
+    def token_cost(self, prefix: str, per: str, input_tokens: int, output_tokens: int) -> tuple[float, str]:
+        """A model call's tokens at `{prefix}.input_per_{per}_tokens` and `.output_per_{per}_tokens` (per: "1k" or
+        "1m"): (USD, the price keys used, joined by " + "). A direction without a listed price counts $0."""
+        scale = {"1k": 1e3, "1m": 1e6}[per]
+        usd, keys = 0.0, []
+        for direction, tokens in (("input", input_tokens), ("output", output_tokens)):
+            key = f"{prefix}.{direction}_per_{per}_tokens"
+            if key in self and tokens:
+                usd += self[key].usd * tokens / scale
+                keys.append(key)
+        return usd, " + ".join(keys)
+
 
 @cache
 def load_catalog() -> Catalog:

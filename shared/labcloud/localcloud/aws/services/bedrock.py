@@ -365,12 +365,7 @@ def _converse_text(blocks: list, where: str) -> list[str]:
 
 def _cost_line(action: str, model_id: str, spec: ModelSpec, answer: Answer, prices) -> CostLine:
     """One call's tokens at the model's list price (input and output priced apart, shown as one line)."""
-    usd, keys = 0.0, []
-    for direction, tokens in (("input", answer.input_tokens), ("output", answer.output_tokens)):
-        key = f"{spec.price}.{direction}_per_1k_tokens"
-        if key in prices and tokens:
-            usd += prices[key].usd * tokens / 1000
-            keys.append(key)
+    usd, price_key = prices.token_cost(spec.price, "1k", answer.input_tokens, answer.output_tokens)
     return CostLine(
         cloud="aws",
         service="bedrock",
@@ -379,5 +374,5 @@ def _cost_line(action: str, model_id: str, spec: ModelSpec, answer: Answer, pric
         quantity=(answer.input_tokens + answer.output_tokens) / 1000,
         unit="1K tokens (input + output)",
         usd=usd,
-        price_key=" + ".join(keys),
+        price_key=price_key,
     )

@@ -632,12 +632,8 @@ def _encode(vector: list[float], encoding: str):
 
 def _meter(context, operation: str, deployment: Deployment, reply: Reply, prices) -> None:
     """The call's tokens at the model's list price per 1M tokens (an unpriced model is metered at 0, key empty)."""
-    usd, keys = 0.0, []
-    for direction, tokens in (("input", reply.prompt_tokens), ("output", reply.completion_tokens)):
-        key = f"azure.openai.{deployment.model}.{direction}_per_1m_tokens"
-        if key in prices and tokens:
-            usd += prices[key].usd * tokens / 1e6
-            keys.append(key)
+    prefix = f"azure.openai.{deployment.model}"
+    usd, price_key = prices.token_cost(prefix, "1m", reply.prompt_tokens, reply.completion_tokens)
     context.meter(
         service="openai",
         action=operation,
@@ -645,7 +641,7 @@ def _meter(context, operation: str, deployment: Deployment, reply: Reply, prices
         quantity=(reply.prompt_tokens + reply.completion_tokens) / 1000,
         unit="1K tokens (input + output)",
         usd=usd,
-        price_key=" + ".join(keys),
+        price_key=price_key,
     )
 
 

@@ -82,12 +82,8 @@ def _response(model: str, completion) -> dict:
 
 def _cost_line(model: str, completion) -> CostLine:
     """Tokens at Gemini's list price per 1M tokens (no price for an unlisted model: metered at 0, key left empty)."""
-    prices, usd, keys = load_service_prices(), 0.0, []
-    for direction, tokens in (("input", completion.input_tokens), ("output", completion.output_tokens)):
-        key = f"gcp.gemini.{model}.{direction}_per_1m_tokens"
-        if key in prices and tokens:
-            usd += prices[key].usd * tokens / 1e6
-            keys.append(key)
+    tokens = (completion.input_tokens, completion.output_tokens)
+    usd, price_key = load_service_prices().token_cost(f"gcp.gemini.{model}", "1m", *tokens)
     return CostLine(
         cloud="gcp",
         service="vertex-ai",
@@ -96,5 +92,5 @@ def _cost_line(model: str, completion) -> CostLine:
         quantity=(completion.input_tokens + completion.output_tokens) / 1000,
         unit="1K tokens (input + output)",
         usd=usd,
-        price_key=" + ".join(keys),
+        price_key=price_key,
     )
