@@ -207,3 +207,189 @@ def test_each_call_is_metered_at_the_models_token_prices(bedrock, cloud):
     assert after["quantity"] - before["quantity"] == pytest.approx((tokens_in + tokens_out) / 1000)
     assert after["usd"] - before["usd"] == pytest.approx(tokens_in * 0.003 / 1000 + tokens_out * 0.015 / 1000)
     assert after["unit"].startswith("1K tokens")
+
+
+# ---- the model catalogue, shared by bedrock-runtime and the bedrock control plane ---------------------------------
+
+SONNET_V2 = "anthropic.claude-3-5-sonnet-20241022-v2:0"
+
+
+@pytest.fixture(scope="module")
+def control_plane(cloud):
+    env = local_environment(cloud)
+    return boto3.client(
+        "bedrock",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+@pytest.fixture(scope="module")
+def catalogue(control_plane) -> dict[str, dict]:
+    return {m["modelId"]: m for m in control_plane.list_foundation_models()["modelSummaries"]}
+
+
+def test_the_courses_claude_3_5_sonnet_v2_call_is_answered(bedrock):
+    answer, headers = invoke(bedrock, messages_body(QUESTION, max_tokens=1024), model=SONNET_V2)
+    assert answer["model"] == "claude-3-5-sonnet-20241022" and answer["stop_reason"] == "end_turn"
+    assert "checkpoint" in answer["content"][0]["text"].lower()
+    assert headers["x-amzn-bedrock-input-token-count"] == "9"
+
+
+def test_list_foundation_models_names_the_current_claude_models_in_bedrocks_shape(catalogue, cloud):
+    for model_id in (
+        SONNET_V2,
+        "anthropic.claude-3-5-sonnet-20240620-v1:0",
+        "anthropic.claude-3-5-haiku-20241022-v1:0",
+        "anthropic.claude-3-7-sonnet-20250219-v1:0",
+        "anthropic.claude-sonnet-4-20250514-v1:0",
+        "anthropic.claude-opus-4-20250514-v1:0",
+        "anthropic.claude-opus-4-1-20250805-v1:0",
+        "anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "amazon.titan-embed-text-v2:0",
+        "meta.llama3-1-8b-instruct-v1:0",
+        "mistral.mistral-7b-instruct-v0:2",
+    ):
+        assert model_id in catalogue, model_id
+    v2 = catalogue[SONNET_V2]
+    assert v2["modelArn"] == f"arn:aws:bedrock:{cloud_region(cloud)}::foundation-model/{SONNET_V2}"
+    assert (v2["modelName"], v2["providerName"]) == ("Claude 3.5 Sonnet v2", "Anthropic")
+    assert v2["outputModalities"] == ["TEXT"] and v2["inferenceTypesSupported"] == ["ON_DEMAND"]
+    assert v2["modelLifecycle"]["status"] in ("ACTIVE", "LEGACY")
+    assert catalogue["anthropic.claude-3-7-sonnet-20250219-v1:0"]["inferenceTypesSupported"] == ["INFERENCE_PROFILE"]
+    assert catalogue["amazon.titan-embed-text-v2:0"]["outputModalities"] == ["EMBEDDING"]
+
+
+def cloud_region(cloud) -> str:
+    return local_environment(cloud)["AWS_DEFAULT_REGION"]
+
+
+def test_list_foundation_models_filters_and_get_foundation_model_agree(control_plane, catalogue, cloud):
+    anthropic = control_plane.list_foundation_models(byProvider="anthropic")["modelSummaries"]
+    assert anthropic and {m["providerName"] for m in anthropic} == {"Anthropic"}
+    assert {m["modelId"] for m in anthropic} == {i for i, m in catalogue.items() if m["providerName"] == "Anthropic"}
+    embeddings = control_plane.list_foundation_models(byOutputModality="EMBEDDING")["modelSummaries"]
+    assert [m["modelId"] for m in embeddings] == ["amazon.titan-embed-text-v2:0"]
+    on_demand = control_plane.list_foundation_models(byInferenceType="ON_DEMAND")["modelSummaries"]
+    assert SONNET_V2 in {m["modelId"] for m in on_demand}
+    assert "anthropic.claude-sonnet-4-20250514-v1:0" not in {m["modelId"] for m in on_demand}
+
+    details = control_plane.get_foundation_model(modelIdentifier=SONNET_V2)["modelDetails"]
+    assert details == catalogue[SONNET_V2]
+    by_arn = control_plane.get_foundation_model(modelIdentifier=details["modelArn"])["modelDetails"]
+    assert by_arn == details
+
+    for call, kwargs, message in [
+        (control_plane.get_foundation_model, {"modelIdentifier": "anthropic.claude-9-v1:0"}, "identifier is invalid"),
+        (control_plane.list_foundation_models, {"byOutputModality": "AUDIO"}, "Member must satisfy enum value set"),
+        (control_plane.list_foundation_models, {"byInferenceType": "SPOT"}, "at 'byInferenceType' failed"),
+    ]:
+        with pytest.raises(ClientError) as error:
+            call(**kwargs)
+        assert error.value.response["Error"]["Code"] == "ValidationException"
+        assert message in error.value.response["Error"]["Message"]
+    assert control.health(cloud)["status"] == "ok"
+
+
+def test_every_listed_text_model_answers_converse_and_is_metered_at_its_own_price(bedrock, catalogue, cloud):
+    """Each model the control plane lists is served by the runtime, on demand or through its profile."""
+    for model_id, summary in catalogue.items():
+        if summary["outputModalities"] != ["TEXT"]:
+            continue
+        called = model_id if summary["inferenceTypesSupported"] == ["ON_DEMAND"] else f"us.{model_id}"
+        reply = bedrock.converse(
+            modelId=called,
+            messages=[{"role": "user", "content": [{"text": QUESTION}]}],
+            inferenceConfig={"maxTokens": 50},
+        )
+        assert reply["output"]["message"]["content"][0]["text"].startswith("[local stand-in model]"), called
+        line = costs(cloud)[("Converse", called)]
+        assert line["usd"] > 0 and line["price_key"].count("aws.bedrock.") == 2, (called, line)
+
+
+def test_inference_profile_ids_and_arns_resolve_to_their_base_model(bedrock):
+    base = "anthropic.claude-sonnet-4-20250514-v1:0"
+    for called in (f"us.{base}", f"eu.{base}", f"apac.{base}", f"global.{base}"):
+        answer, _ = invoke(bedrock, messages_body(QUESTION), model=called)
+        assert answer["model"] == "claude-sonnet-4-20250514", called
+    arn = f"arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.{base}"
+    assert invoke(bedrock, messages_body(QUESTION), model=arn)[0]["model"] == "claude-sonnet-4-20250514"
+    foundation_arn = f"arn:aws:bedrock:us-east-1::foundation-model/{SONNET_V2}"
+    assert invoke(bedrock, messages_body(QUESTION), model=foundation_arn)[0]["model"] == "claude-3-5-sonnet-20241022"
+
+    for refused, message in [
+        (base, "with on-demand throughput isn't supported"),  # Sonnet 4 only through a profile
+        ("anthropic.claude-3-7-sonnet-20250219-v1:0", "with on-demand throughput isn't supported"),
+        ("global.anthropic.claude-3-5-haiku-20241022-v1:0", "The provided model identifier is invalid."),
+        ("us.mistral.mistral-7b-instruct-v0:2", "The provided model identifier is invalid."),
+    ]:
+        with pytest.raises(ClientError) as error:
+            invoke(bedrock, messages_body("hi"), model=refused)
+        assert error.value.response["Error"]["Code"] == "ValidationException"
+        assert message in error.value.response["Error"]["Message"], refused
+
+
+LLAMA_PROMPT = (
+    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nAnswer briefly.<|eot_id|>"
+    f"<|start_header_id|>user<|end_header_id|>\n\n{QUESTION}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+
+
+def test_llama_mistral_and_titan_text_answer_in_their_own_body_shapes(bedrock):
+    llama, headers = invoke(
+        bedrock, json.dumps({"prompt": LLAMA_PROMPT, "max_gen_len": 300}), "meta.llama3-1-8b-instruct-v1:0"
+    )
+    assert set(llama) == {"generation", "prompt_token_count", "generation_token_count", "stop_reason"}
+    assert llama["generation"].startswith("[local stand-in model]") and "checkpoint" in llama["generation"].lower()
+    assert llama["stop_reason"] == "stop"
+    assert (
+        llama["prompt_token_count"]
+        == len(TOKENS.findall(LLAMA_PROMPT))
+        == int(headers["x-amzn-bedrock-input-token-count"])
+    )
+    assert llama["generation_token_count"] == len(TOKENS.findall(llama["generation"]))
+    short = invoke(bedrock, json.dumps({"prompt": LLAMA_PROMPT, "max_gen_len": 4}), "meta.llama3-1-8b-instruct-v1:0")[0]
+    assert (short["stop_reason"], short["generation_token_count"]) == ("length", 4)
+
+    mistral_prompt = f"<s>[INST] {QUESTION} [/INST]"
+    mistral = invoke(
+        bedrock, json.dumps({"prompt": mistral_prompt, "stop": ["notes"]}), "mistral.mistral-7b-instruct-v0:2"
+    )
+    [output] = mistral[0]["outputs"]
+    assert (
+        output["stop_reason"] == "stop" and output["text"] == llama["generation"][: llama["generation"].index("notes")]
+    )
+
+    titan = invoke(
+        bedrock,
+        json.dumps({"inputText": f"User: {QUESTION}\nBot:", "textGenerationConfig": {"maxTokenCount": 6}}),
+        "amazon.titan-text-express-v1",
+    )[0]
+    [result] = titan["results"]
+    assert (result["completionReason"], result["tokenCount"]) == ("LENGTH", 6)
+    assert titan["inputTextTokenCount"] == len(TOKENS.findall(f"User: {QUESTION}\nBot:"))
+    assert llama["generation"].startswith(result["outputText"])
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "message"),
+    [
+        ("meta.llama3-1-8b-instruct-v1:0", {"max_gen_len": 10}, "required key [prompt] not found"),
+        ("meta.llama3-1-8b-instruct-v1:0", {"prompt": "hi", "max_gen_len": 4096}, "4096 is not less or equal to 2048"),
+        ("mistral.mistral-7b-instruct-v0:2", {"prompt": "hi", "max_gen_len": 5}, "extraneous key [max_gen_len]"),
+        ("mistral.mistral-7b-instruct-v0:2", {"prompt": "hi", "temperature": 2}, "2 is not less or equal to 1"),
+        ("amazon.titan-text-express-v1", {"inputText": 3}, "#/inputText: expected type: String"),
+        (
+            "amazon.titan-text-express-v1",
+            {"inputText": "hi", "textGenerationConfig": {"maxTokens": 5}},
+            "extraneous key [maxTokens] is not permitted",
+        ),
+    ],
+)
+def test_bad_raw_prompt_bodies_are_validation_exceptions(bedrock, model, body, message):
+    with pytest.raises(ClientError) as error:
+        bedrock.invoke_model(modelId=model, body=json.dumps(body))
+    assert error.value.response["Error"]["Code"] == "ValidationException"
+    assert message in error.value.response["Error"]["Message"]

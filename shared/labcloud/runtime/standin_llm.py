@@ -6,6 +6,9 @@ question (TF-IDF cosine over a few dozen short notes on cloud AI) and replies wi
 with "[local stand-in model]". The same input always gives the same output; temperature and the system
 prompt are accepted and counted, but do not change the answer.
 
+Models that take a raw prompt (Llama, Mistral, Titan Text) are answered on its last user turn
+(`question_in_prompt`, which reads their chat templates); the whole prompt still counts as input.
+
 Tokens: one token per word (a run of letters, digits and underscores) and one per punctuation character,
 `TOKEN_PATTERN` below. Real tokenizers (BPE) give roughly 1.3 tokens per English word, so counts are of the
 same order; input and output are counted the same way, and `max_tokens` cuts the reply after that many.
@@ -335,6 +338,22 @@ def answer(question: str) -> str:
         )
     topic, text = COURSE_NOTES[note]
     return f"{PREFIX} From the course notes on {topic}: {text}"
+
+
+# The last user turn of a raw prompt, in the chat templates the Bedrock models take as a plain string.
+_USER_TURNS = (
+    re.compile(r"<\|start_header_id\|>user<\|end_header_id\|>(.*?)(?:<\|eot_id\|>|$)", re.S),  # Llama 3
+    re.compile(r"\[INST\](.*?)(?:\[/INST\]|$)", re.S),  # Mistral and Llama 2
+    re.compile(r"(?:^|\n)User:(.*?)(?:\nBot:|$)", re.S),  # Amazon Titan Text
+)
+
+
+def question_in_prompt(prompt: str) -> str:
+    """The question a raw prompt asks: its last user turn when it follows a chat template, else the whole text."""
+    for template in _USER_TURNS:
+        if turns := template.findall(prompt):
+            return turns[-1].strip()
+    return prompt.strip()
 
 
 @dataclass(frozen=True)

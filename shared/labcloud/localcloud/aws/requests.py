@@ -42,12 +42,15 @@ def _s3_action(method: str, path: str) -> str | None:
 
 # REST-JSON operations the local cloud makes real, by signing name, method and path (from botocore's models).
 # sagemaker-runtime signs as "sagemaker" and bedrock-runtime as "bedrock", so the path tells them apart.
+# A Bedrock model id may be an ARN, whose "/" arrives decoded in PATH_INFO: those ids match up to the last segment.
 _REST_ROUTES = [
     (service, method, re.compile(pattern), action)
     for service, method, pattern, action in [
         ("sagemaker", "POST", r"^/endpoints/(?P<EndpointName>[^/]+)/invocations$", "InvokeEndpoint"),
-        ("bedrock", "POST", r"^/model/(?P<modelId>[^/]+)/invoke$", "InvokeModel"),
-        ("bedrock", "POST", r"^/model/(?P<modelId>[^/]+)/converse$", "Converse"),
+        ("bedrock", "POST", r"^/model/(?P<modelId>.+)/invoke$", "InvokeModel"),
+        ("bedrock", "POST", r"^/model/(?P<modelId>.+)/converse$", "Converse"),
+        ("bedrock", "GET", r"^/foundation-models$", "ListFoundationModels"),
+        ("bedrock", "GET", r"^/foundation-models/(?P<modelIdentifier>.+)$", "GetFoundationModel"),
         ("lambda", "POST", r"^/2015-03-31/functions$", "CreateFunction"),
         ("lambda", "DELETE", r"^/2015-03-31/functions/(?P<FunctionName>[^/]+)$", "DeleteFunction"),
         ("lambda", "POST", r"^/2015-03-31/functions/(?P<FunctionName>[^/]+)/invocations$", "Invoke"),

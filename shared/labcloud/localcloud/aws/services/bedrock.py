@@ -2,11 +2,15 @@
 
 No model weights can be downloaded, so every text model here is the transparent, deterministic stand-in of
 `labcloud.runtime.standin_llm` (its replies begin with "[local stand-in model]"); the embedding model is a
-hashing embedding. What is real: the model catalogue and its ids (a bare id that only works through an
-inference profile is refused as on Bedrock), the request validation and its messages, the response bodies
-(Anthropic's Messages API, Titan Text Embeddings V2, Converse), the token-count and latency headers, stop
-reasons, and the cost of each call at Bedrock's list price (services.yaml). Not served: streaming
-(InvokeModelWithResponseStream, ConverseStream), tools, images, and throttling.
+hashing embedding. What is real: the model catalogue and its ids (`bedrock_catalog`, shared with the control
+plane's ListFoundationModels; cross-region inference profile ids such as `us.anthropic...` resolve to their base
+model, and a bare id that only works through an inference profile is refused as on Bedrock), the request
+validation and its messages, each provider's own InvokeModel body (Anthropic's Messages API, Amazon Titan Text
+and Titan Text Embeddings V2, Meta Llama, Mistral) and Converse for every text model, the token-count and latency
+headers, stop reasons, and the cost of each call at Bedrock's list price (services.yaml). A raw prompt (Llama,
+Mistral, Titan Text) is answered on its last user turn, and its tokens are counted by the stand-in's tokenizer
+over the whole prompt, template markers included. Not served: streaming (InvokeModelWithResponseStream,
+ConverseStream), tools, images, and throttling.
 """
 
 from __future__ import annotations
@@ -22,35 +26,10 @@ from ....runtime import standin_llm
 from ..context import AwsContext
 from ..errors import Response, aws_error
 from ..requests import AwsRequest, read_body
+from .bedrock_catalog import BedrockValidation, FoundationModel, resolve
 
 ANTHROPIC_VERSION = "bedrock-2023-05-31"
-PROFILE_PREFIXES = ("us.", "eu.", "apac.", "global.")  # cross-region inference profiles: <prefix><model id>
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    kind: str  # "anthropic" (Messages API body) | "titan-embed" (Titan Text Embeddings body)
-    price: str  # prefix of its keys in pricing/services.yaml
-    name: str = ""  # the model name an Anthropic response carries
-    max_output_tokens: int = 0
-    on_demand: bool = True  # False: Bedrock serves it only through an inference profile (us./eu./global.)
-
-
-MODELS: dict[str, ModelSpec] = {
-    "anthropic.claude-3-haiku-20240307-v1:0": ModelSpec(
-        "anthropic", "aws.bedrock.claude-3-haiku", "claude-3-haiku-20240307", 4096
-    ),
-    "anthropic.claude-3-sonnet-20240229-v1:0": ModelSpec(
-        "anthropic", "aws.bedrock.claude-3-sonnet", "claude-3-sonnet-20240229", 4096
-    ),
-    "anthropic.claude-3-5-sonnet-20240620-v1:0": ModelSpec(
-        "anthropic", "aws.bedrock.claude-3-5-sonnet", "claude-3-5-sonnet-20240620", 8192
-    ),
-    "anthropic.claude-haiku-4-5-20251001-v1:0": ModelSpec(
-        "anthropic", "aws.bedrock.claude-haiku-4-5", "claude-haiku-4-5-20251001", 64000, on_demand=False
-    ),
-    "amazon.titan-embed-text-v2:0": ModelSpec("titan-embed", "aws.bedrock.titan-embed-text-v2"),
-}
+DEFAULT_MAX_TOKENS = 512  # Titan Text, Llama and Mistral's default output length when the body names none
 
 _ANTHROPIC_KEYS = {
     "anthropic_version",
@@ -72,10 +51,6 @@ _START_WITH_USER = (
 )
 
 
-class BedrockValidation(Exception):
-    """A request Bedrock answers with ValidationException (400)."""
-
-
 @dataclass(frozen=True)
 class Answer:
     body: dict
@@ -90,12 +65,12 @@ def register(gateway, context: AwsContext) -> None:
         def handler(request: AwsRequest, environ: dict) -> Response:
             started = time.perf_counter()
             try:
-                model_id, spec = resolve_model(request.path_params.get("modelId", ""))
-                answer = answer_for(spec, read_body(environ))
+                model_id, model = resolve(request.path_params.get("modelId", ""))
+                answer = answer_for(model, read_body(environ))
             except BedrockValidation as invalid:
                 return aws_error(request.protocol, 400, "ValidationException", str(invalid))
             latency_ms = max(1, round((time.perf_counter() - started) * 1000))
-            context.ledger.add(_cost_line(request.action, model_id, spec, answer, prices))
+            context.ledger.add(_cost_line(request.action, model_id, model, answer, prices))
             if "metrics" in answer.body:
                 answer.body["metrics"]["latencyMs"] = latency_ms
             headers = [
@@ -113,34 +88,14 @@ def register(gateway, context: AwsContext) -> None:
     gateway.intercept("bedrock", "Converse", handle(converse))
 
 
-def resolve_model(model_id: str) -> tuple[str, ModelSpec]:
-    """The catalogue entry for a model id, a cross-region inference profile id, or either one's ARN."""
-    if model_id.startswith("arn:aws:bedrock:") and "/" in model_id:
-        model_id = model_id.split("/", 1)[1]
-    base = next((model_id[len(p) :] for p in PROFILE_PREFIXES if model_id.startswith(p)), None)
-    if base is not None and base in MODELS and MODELS[base].kind == "anthropic":
-        return model_id, MODELS[base]
-    spec = MODELS.get(model_id)
-    if spec is None:
-        raise BedrockValidation("The provided model identifier is invalid.")
-    if not spec.on_demand:
-        raise BedrockValidation(
-            f"Invocation of model ID {model_id} with on-demand throughput isn't supported. Retry your request "
-            "with the ID or ARN of an inference profile that contains this model."
-        )
-    return model_id, spec
-
-
-def invoke_model(spec: ModelSpec, raw_body: bytes) -> Answer:
+def invoke_model(model: FoundationModel, raw_body: bytes) -> Answer:
     try:
         body = json.loads(raw_body or b"null")
     except ValueError:
         body = None
     if not isinstance(body, dict):
         raise _malformed(["#: expected type: JSONObject"])
-    if spec.kind == "titan-embed":
-        return _titan_embedding(body)
-    return _anthropic_messages(spec, body)
+    return _INVOKE_BODIES[model.body](model, body)
 
 
 # ---- Anthropic Messages API (InvokeModel) ---------------------------------------------------------------------
@@ -179,7 +134,7 @@ def _anthropic_text(content, where: str) -> list[str]:
     return texts
 
 
-def _anthropic_messages(spec: ModelSpec, body: dict) -> Answer:
+def _anthropic_messages(model: FoundationModel, body: dict) -> Answer:
     if unserved := [key for key in _ANTHROPIC_UNSERVED if key in body]:
         names = ", ".join(unserved)
         raise BedrockValidation(f"The local stand-in model does not support {names}: it only answers with text.")
@@ -208,10 +163,10 @@ def _anthropic_messages(spec: ModelSpec, body: dict) -> Answer:
         problems.append("#/stop_sequences: expected type: JSONArray of String")
     if problems:
         raise _malformed(problems)
-    if max_tokens > spec.max_output_tokens:
+    if max_tokens > model.max_output_tokens:
         raise BedrockValidation(
-            f"max_tokens: {max_tokens} > {spec.max_output_tokens}, which is the maximum allowed number of output "
-            f"tokens for {spec.name}"
+            f"max_tokens: {max_tokens} > {model.max_output_tokens}, which is the maximum allowed number of output "
+            f"tokens for {model.response_model}"
         )
 
     system = body.get("system", "")
@@ -227,7 +182,7 @@ def _anthropic_messages(spec: ModelSpec, body: dict) -> Answer:
         "id": f"msg_bdrk_{uuid.uuid4().hex[:24]}",
         "type": "message",
         "role": "assistant",
-        "model": spec.name,
+        "model": model.response_model,
         "content": [{"type": "text", "text": completion.text}],
         "stop_reason": completion.stop_reason,
         "stop_sequence": completion.stop_sequence,
@@ -252,7 +207,7 @@ def _message_problems(messages: list) -> list[str]:
 # ---- Titan Text Embeddings V2 (InvokeModel) -------------------------------------------------------------------
 
 
-def _titan_embedding(body: dict) -> Answer:
+def _titan_embedding(model: FoundationModel, body: dict) -> Answer:
     problems = _schema_problems(body, ("inputText",), _TITAN_EMBED_KEYS)
     text = body.get("inputText")
     if "inputText" in body and not isinstance(text, str):
@@ -284,11 +239,131 @@ def _titan_embedding(body: dict) -> Answer:
     return Answer(reply, tokens, 0)
 
 
+# ---- raw-prompt text models: Amazon Titan Text, Meta Llama, Mistral (InvokeModel) ------------------------------
+
+
+def _number_problems(body: dict, key: str, where: str, low: float, high: float, integer: bool = False) -> list[str]:
+    """Bedrock's JSON-schema complaints about an optional number outside [low, high], in its words."""
+    if key not in body:
+        return []
+    value = body[key]
+    if isinstance(value, bool) or not (_is_int(value) if integer else isinstance(value, (int, float))):
+        return [f"{where}: expected type: {'Integer' if integer else 'Number'}, found: {type(value).__name__}"]
+    if value < low:
+        return [f"{where}: {value} is not greater or equal to {low}"]
+    if value > high:
+        return [f"{where}: {value} is not less or equal to {high}"]
+    return []
+
+
+def _prompt_problems(body: dict, key: str, allowed: set[str]) -> list[str]:
+    problems = _schema_problems(body, (key,), allowed)
+    if key in body and not isinstance(body[key], str):
+        problems.append(f"#/{key}: expected type: String, found: {type(body[key]).__name__}")
+    return problems
+
+
+def _stop_list_problems(stops, where: str) -> list[str]:
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        return [f"{where}: expected type: JSONArray of String"]
+    return []
+
+
+def _complete_prompt(prompt: str, max_tokens: int, stops: list[str]) -> standin_llm.Completion:
+    return standin_llm.complete(standin_llm.question_in_prompt(prompt), [prompt], max_tokens, stops)
+
+
+_TITAN_TEXT_KEYS = {"inputText", "textGenerationConfig"}
+_TITAN_CONFIG_KEYS = {"maxTokenCount", "temperature", "topP", "stopSequences"}
+_TITAN_REASONS = {"end_turn": "FINISH", "max_tokens": "LENGTH", "stop_sequence": "STOP_CRITERIA_MET"}
+
+
+def _titan_text(model: FoundationModel, body: dict) -> Answer:
+    problems = _prompt_problems(body, "inputText", _TITAN_TEXT_KEYS)
+    config = body.get("textGenerationConfig", {})
+    if not isinstance(config, dict):
+        problems.append("#/textGenerationConfig: expected type: JSONObject")
+        config = {}
+    where = "#/textGenerationConfig"
+    problems += [f"{where}: extraneous key [{key}] is not permitted" for key in config if key not in _TITAN_CONFIG_KEYS]
+    problems += _number_problems(config, "maxTokenCount", f"{where}/maxTokenCount", 0, model.max_output_tokens, True)
+    problems += _number_problems(config, "temperature", f"{where}/temperature", 0, 1)
+    problems += _number_problems(config, "topP", f"{where}/topP", 0, 1)
+    problems += _stop_list_problems(config.get("stopSequences", []), f"{where}/stopSequences")
+    if problems:
+        raise _malformed(problems)
+    completion = _complete_prompt(
+        body["inputText"], config.get("maxTokenCount", DEFAULT_MAX_TOKENS), config.get("stopSequences", [])
+    )
+    result = {
+        "tokenCount": completion.output_tokens,
+        "outputText": completion.text,
+        "completionReason": _TITAN_REASONS[completion.stop_reason],
+    }
+    return Answer(
+        {"inputTextTokenCount": completion.input_tokens, "results": [result]},
+        completion.input_tokens,
+        completion.output_tokens,
+    )
+
+
+_LLAMA_KEYS = {"prompt", "temperature", "top_p", "max_gen_len", "images"}
+
+
+def _llama(model: FoundationModel, body: dict) -> Answer:
+    problems = _prompt_problems(body, "prompt", _LLAMA_KEYS)
+    problems += _number_problems(body, "max_gen_len", "#/max_gen_len", 1, model.max_output_tokens, True)
+    problems += _number_problems(body, "temperature", "#/temperature", 0, 1)
+    problems += _number_problems(body, "top_p", "#/top_p", 0, 1)
+    if problems:
+        raise _malformed(problems)
+    if "images" in body:
+        raise BedrockValidation("The local stand-in model reads text only: it does not support images.")
+    completion = _complete_prompt(body["prompt"], body.get("max_gen_len", DEFAULT_MAX_TOKENS), [])
+    reply = {
+        "generation": completion.text,
+        "prompt_token_count": completion.input_tokens,
+        "generation_token_count": completion.output_tokens,
+        "stop_reason": "length" if completion.stop_reason == "max_tokens" else "stop",
+    }
+    return Answer(reply, completion.input_tokens, completion.output_tokens)
+
+
+_MISTRAL_KEYS = {"prompt", "max_tokens", "stop", "temperature", "top_p", "top_k"}
+
+
+def _mistral(model: FoundationModel, body: dict) -> Answer:
+    problems = _prompt_problems(body, "prompt", _MISTRAL_KEYS)
+    problems += _number_problems(body, "max_tokens", "#/max_tokens", 1, model.max_output_tokens, True)
+    problems += _number_problems(body, "temperature", "#/temperature", 0, 1)
+    problems += _number_problems(body, "top_p", "#/top_p", 0, 1)
+    problems += _number_problems(body, "top_k", "#/top_k", 1, 200, True)
+    problems += _stop_list_problems(body.get("stop", []), "#/stop")
+    if problems:
+        raise _malformed(problems)
+    completion = _complete_prompt(body["prompt"], body.get("max_tokens", DEFAULT_MAX_TOKENS), body.get("stop", []))
+    reason = "length" if completion.stop_reason == "max_tokens" else "stop"
+    return Answer(
+        {"outputs": [{"text": completion.text, "stop_reason": reason}]},
+        completion.input_tokens,
+        completion.output_tokens,
+    )
+
+
+_INVOKE_BODIES = {
+    "anthropic": _anthropic_messages,
+    "titan-embed": _titan_embedding,
+    "titan-text": _titan_text,
+    "llama": _llama,
+    "mistral": _mistral,
+}
+
+
 # ---- Converse --------------------------------------------------------------------------------------------------
 
 
-def converse(spec: ModelSpec, raw_body: bytes) -> Answer:
-    if spec.kind != "anthropic":
+def converse(model: FoundationModel, raw_body: bytes) -> Answer:
+    if model.embeds:
         raise BedrockValidation(
             "This action doesn't support the model that you provided. Try again with a supported text or chat model."
         )
@@ -315,16 +390,16 @@ def converse(spec: ModelSpec, raw_body: bytes) -> Answer:
         )
 
     config = body.get("inferenceConfig") or {}
-    max_tokens = config.get("maxTokens", spec.max_output_tokens)
+    max_tokens = config.get("maxTokens", model.max_output_tokens)
     if not _is_int(max_tokens) or max_tokens < 1:
         raise BedrockValidation(
             f"1 validation error detected: Value '{max_tokens}' at 'inferenceConfig.maxTokens' failed to satisfy "
             "constraint: Member must have value greater than or equal to 1"
         )
-    if max_tokens > spec.max_output_tokens:
+    if max_tokens > model.max_output_tokens:
         raise BedrockValidation(
-            f"The maximum tokens you requested exceeds the model limit of {spec.max_output_tokens}. Try again with a "
-            f"maximum tokens value that is lower than {spec.max_output_tokens}."
+            f"The maximum tokens you requested exceeds the model limit of {model.max_output_tokens}. Try again with a "
+            f"maximum tokens value that is lower than {model.max_output_tokens}."
         )
     inputs = _converse_text(body.get("system") or [], "system")
     question = ""
@@ -363,9 +438,9 @@ def _converse_text(blocks: list, where: str) -> list[str]:
 # ---- metering --------------------------------------------------------------------------------------------------
 
 
-def _cost_line(action: str, model_id: str, spec: ModelSpec, answer: Answer, prices) -> CostLine:
+def _cost_line(action: str, model_id: str, model: FoundationModel, answer: Answer, prices) -> CostLine:
     """One call's tokens at the model's list price (input and output priced apart, shown as one line)."""
-    usd, price_key = prices.token_cost(spec.price, "1k", answer.input_tokens, answer.output_tokens)
+    usd, price_key = prices.token_cost(model.price, "1k", answer.input_tokens, answer.output_tokens)
     return CostLine(
         cloud="aws",
         service="bedrock",
