@@ -111,7 +111,7 @@ class LocalCloud:
         return self.aws(environ, start_response)
 
     def start(self) -> ServerInfo:
-        self._restored = self.snapshots.restore()
+        self._restored = self.snapshots.restore(self.aws.replay)
         sock = bind_socket(self.host, self.port, self.strict_port)
         self._server = make_server(self.host, sock.getsockname()[1], self.app, threaded=True, fd=sock.fileno())
         self._server.daemon_threads = True

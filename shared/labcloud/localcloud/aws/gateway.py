@@ -76,18 +76,30 @@ class AwsGateway:
         return self._call_moto(request, environ)
 
     def _call_moto(self, request: AwsRequest, environ: dict) -> Response:
+        with self._lock:  # moto's models are not thread-safe, and snapshots must see a consistent state
+            changes = request.mutating and has_moto_backend(request.service)
+            entry = self._snapshots.begin(request.service, request.action, environ) if changes else None
+            status, headers, body = self._moto_answer(environ)
+            if entry is not None:  # in the journal before the answer goes back: a crash cannot lose it
+                self._snapshots.acknowledge(entry, status, body)
+        return status, headers, body
+
+    def replay(self, environ: dict) -> tuple[int, bytes]:
+        """moto's answer to a request replayed from the journal at start (not journaled again, not metered)."""
+        with self._lock:
+            status, _, body = self._moto_answer(environ)
+        return status, body
+
+    def _moto_answer(self, environ: dict) -> Response:
         captured: dict = {}
 
         def capture(status: str, headers: list, exc_info=None):
             captured["status"], captured["headers"] = int(status.split()[0]), headers
 
-        with self._lock:  # moto's models are not thread-safe, and snapshots must see a consistent state
-            chunks = self._moto(environ, capture)
-            body = b"".join(chunks)
-            if hasattr(chunks, "close"):
-                chunks.close()
-            if request.mutating and has_moto_backend(request.service):
-                self._snapshots.mark_dirty(request.service)
+        chunks = self._moto(environ, capture)
+        body = b"".join(chunks)
+        if hasattr(chunks, "close"):
+            chunks.close()
         return captured["status"], captured["headers"], body
 
     def _meter(self, request: AwsRequest) -> None:

@@ -1,7 +1,11 @@
-"""Keep moto's in-memory AWS state on disk, so that what the learner stored survives `down`/`up`.
+"""Keep moto's in-memory AWS state on disk, so that what the learner stored survives `down`/`up` and a crash.
 
 moto keeps every service's state in a module-level `BackendDict`. We pickle the dicts of the services that
 changed (at most every `interval` seconds, and once more at shutdown) and load them back in place at start.
+Between two snapshots, each request that changes a service is in the write-ahead journal (`journal.py`, which says
+what a replay reproduces and what it does not) before it is answered; at start the journal's newer requests are
+replayed on top of the snapshots, so a `kill -9` loses nothing that was acknowledged. Each snapshot file holds the
+journal's sequence number it covers, and the journal is compacted after the snapshots are written.
 Locks and conditions inside moto's models cannot be pickled; they are stored as fresh ones. Weak-valued
 dicts are stored with their current items (their values are kept alive elsewhere in the same backend), and a
 defaultdict whose factory is a lambda returning an empty dict, list or set as one with that type as factory.
@@ -19,6 +23,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from moto.backends import get_backend
+
+from .journal import Entry, MotoJournal, Replay
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +51,21 @@ class _StatePickler(pickle.Pickler):
         return NotImplemented
 
 
+_FORMAT = "labcloud-moto-snapshot-2"  # (format, journal seq, backend); a bare backend is the first format
+
+
 def _dumps(obj) -> bytes:
     buffer = io.BytesIO()
     _StatePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
     return buffer.getvalue()
+
+
+def _loads(data: bytes) -> tuple[int, object]:
+    """(the last journal record the snapshot covers, the backend)."""
+    saved = pickle.loads(data)
+    if isinstance(saved, tuple) and len(saved) == 3 and saved[0] == _FORMAT:
+        return saved[1], saved[2]
+    return 0, saved
 
 
 class MotoSnapshots:
@@ -62,40 +79,64 @@ class MotoSnapshots:
         self._interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._journal = MotoJournal(folder)
+        self._snapshot_seqs: dict[str, int] = {}  # service -> the last journal record its snapshot covers
 
-    def restore(self) -> list[str]:
-        restored = []
+    def restore(self, replay: Replay) -> list[str]:
+        """Load the snapshots, then replay the journal's newer requests with `replay`; the services restored."""
+        with self._lock:
+            restored = list(self._load_snapshots())
+            replayed = self._journal.replay(self._snapshot_seqs, replay)
+            if replayed:
+                log.info("replayed from the journal (requests after the last snapshot): %s", replayed)
+                self._dirty.update(replayed)
+            return sorted(set(restored) | set(replayed))
+
+    def _load_snapshots(self):
         for file in sorted(self.folder.glob("*.pickle")):
             service = file.stem
             try:
-                saved = pickle.loads(file.read_bytes())
+                seq, saved = _loads(file.read_bytes())
                 live = get_backend(service)
                 live.clear()
                 live.update(saved)
-                restored.append(service)
+                self._snapshot_seqs[service] = seq
+                yield service
             except Exception:  # a corrupt or outdated snapshot must not stop the cloud from starting
                 log.exception("could not restore %s from %s; starting it empty", service, file)
-        return restored
 
     def mark_dirty(self, service: str | None) -> None:
         if service:
             self._dirty.add(service)
 
+    def begin(self, service: str, action: str | None, environ: dict) -> Entry:
+        """Capture a request that may change `service` before moto sees it (call under the lock)."""
+        self._dirty.add(service)
+        return self._journal.begin(service, action, environ)
+
+    def acknowledge(self, entry: Entry, status: int, answer: bytes) -> None:
+        """Journal the request moto has answered, before the answer goes back (call under the lock)."""
+        self._journal.append(entry, status, answer)
+
     def save_dirty(self) -> None:
         with self._lock:
             dirty, self._dirty = self._dirty, set()
+            seq = self._journal.last_seq
             for service in sorted(dirty):
-                self._save(service)
+                if self._save(service, seq):
+                    self._snapshot_seqs[service] = seq
+            self._journal.compact(self._snapshot_seqs)
 
-    def _save(self, service: str) -> None:
+    def _save(self, service: str, seq: int) -> bool:
         try:
-            data = _dumps(get_backend(service))
-        except Exception:
+            data = _dumps((_FORMAT, seq, get_backend(service)))
+        except Exception:  # its journal records are kept until a snapshot of it succeeds
             log.exception("could not snapshot %s", service)
-            return
+            return False
         tmp = self.folder / f".{service}.pickle.tmp"
         tmp.write_bytes(data)
         os.replace(tmp, self.folder / f"{service}.pickle")
+        return True
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="moto-snapshots", daemon=True)
@@ -106,6 +147,8 @@ class MotoSnapshots:
         if self._thread:
             self._thread.join(timeout=5)
         self.save_dirty()
+        with self._lock:
+            self._journal.close()
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
