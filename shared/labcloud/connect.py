@@ -2,7 +2,12 @@
 
 - "local": start (or find) the local cloud and point this kernel's SDKs at it, with fake credentials.
 - "aws" / "gcp" / "azure": change no endpoint; check that credentials exist (saying what is missing) and arm
-  the cost guard with the notebook's budget.
+  the cost guard for that cloud with the notebook's budget (DEFAULT_BUDGET_USD unless given).
+
+Connecting again in the same kernel replaces the previous connection: any armed guard is disarmed first (so a
+connect that fails leaves none armed), and a real cloud after "local" gets back what the local wiring replaced:
+the environment variables as they were before the first connect("local") (the learner's own AWS_PROFILE or
+REQUESTS_CA_BUNDLE, say) and aiplatform's global config without the local endpoint (`wiring.gcp.unwire`).
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ from pathlib import Path
 from .localcloud import control
 from .localcloud.aws.context import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
 from .localcloud.state import ServerInfo
-from .pricing.guard import CostGuard, arm_aws
-from .wiring.aws import CONFIG_VARIABLE as AWS_SDK_CONFIG_VARIABLE
+from .pricing.guard import CostGuard, arm
+from .wiring.aws import WIRED_VARIABLES as AWS_WIRED_VARIABLES
 from .wiring.aws import wire as wire_aws
 from .wiring.azure import WIRED_VARIABLES as AZURE_WIRED_VARIABLES
 from .wiring.azure import azure_environment
 from .wiring.azure import wire as wire_azure
 from .wiring.gcp import WIRED_VARIABLES as GCP_WIRED_VARIABLES
+from .wiring.gcp import unwire as unwire_gcp
 from .wiring.gcp import wire as wire_gcp
 
 BACKENDS = ("local", "aws", "gcp", "azure")
@@ -31,6 +37,22 @@ DEFAULT_BUDGET_USD = 10.0
 
 # Variables that would send a kernel's SDK calls somewhere other than where `connect` says.
 _AWS_OVERRIDES = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+# The variables that point a kernel's SDKs at the local cloud (and nowhere else), and every variable connect("local")
+# may set or remove.
+_LOCAL_POINTERS = (
+    "LABCLOUD_BACKEND",
+    "LABCLOUD_URL",
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    *AWS_WIRED_VARIABLES,  # the local cloud's SageMaker defaults
+    *GCP_WIRED_VARIABLES,  # the local credentials and emulator hosts
+    *AZURE_WIRED_VARIABLES,  # the local Azure OpenAI endpoint and key, Azurite, Azure ML's URL, identity and CA
+)
+_LOCAL_VARIABLES = (*_LOCAL_POINTERS, "AWS_DEFAULT_REGION", "AWS_REGION", "NO_PROXY", "no_proxy", *_AWS_OVERRIDES)
+# What connect("local") replaced: name -> (its value before the first connect("local"), the value the wiring left);
+# None is unset. A real cloud's connect puts back the first where the second is still in place.
+_replaced: dict[str, tuple[str | None, str | None]] = {}
 
 
 _METER_COLUMNS = ["cloud", "service", "action", "resource", "quantity", "unit", "usd", "price_key"]
@@ -90,6 +112,7 @@ class Connection:
 def connect(backend: str = "local", *, budget_usd: float | None = None, region: str = DEFAULT_REGION) -> Connection:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    arm(None)  # whatever happens next, the previous connection's guard no longer watches
     if backend == "local":
         return _connect_local(region, budget_usd)
     _forget_local_wiring()
@@ -101,7 +124,7 @@ def connect(backend: str = "local", *, budget_usd: float | None = None, region: 
     if problem := check[backend]():
         raise CredentialsMissing(f"connect({backend!r}): {problem}")
     guard = CostGuard(DEFAULT_BUDGET_USD if budget_usd is None else budget_usd)
-    arm_aws(guard if backend == "aws" else None)
+    arm(guard, clouds=(backend,))
     return Connection(backend, region, guard=guard)
 
 
@@ -127,6 +150,9 @@ def local_environment(server: ServerInfo, region: str = DEFAULT_REGION) -> dict[
 def _connect_local(region: str, budget_usd: float | None) -> Connection:
     server = control.start()
     env = local_environment(server, region)
+    if os.environ.get("LABCLOUD_BACKEND") != "local":  # not wired now: what was replaced before no longer applies
+        _replaced.clear()
+    before = {name: os.environ.get(name) for name in _LOCAL_VARIABLES}
     for name in _AWS_OVERRIDES:
         os.environ.pop(name, None)
     os.environ.update(env)
@@ -135,25 +161,32 @@ def _connect_local(region: str, budget_usd: float | None) -> Connection:
     for name in AZURE_WIRED_VARIABLES:  # wire_azure decides them: Blob storage only once Azurite is ready
         env.pop(name, None)
     env.update(wire_azure(server.url, Path(server.state_dir), server.https_url))
+    for name in _LOCAL_VARIABLES:  # a second connect("local") keeps the values from before the first
+        first = _replaced[name][0] if name in _replaced else before[name]
+        _replaced[name] = (first, os.environ.get(name))
     guard = CostGuard(budget_usd) if budget_usd is not None else None  # opt-in locally, to practise with
-    arm_aws(guard)
+    arm(guard)  # every cloud's SDKs: the local cloud serves all three
     baseline = {_meter_key(line): (line["quantity"], line["usd"]) for line in _meter_lines(server)}
     return Connection("local", region, env=env, server=server, guard=guard, baseline=baseline)
 
 
 def _forget_local_wiring() -> None:
-    if os.environ.get("LABCLOUD_BACKEND") == "local":
-        for name in (
-            "LABCLOUD_BACKEND",
-            "LABCLOUD_URL",
-            "AWS_ENDPOINT_URL",
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            AWS_SDK_CONFIG_VARIABLE,  # the local cloud's SageMaker defaults
-            *GCP_WIRED_VARIABLES,  # the local credentials and emulator hosts
-            *AZURE_WIRED_VARIABLES,  # the local Azure OpenAI endpoint and key, Azurite's connection string
-        ):
+    """Put back what connect("local") changed in this kernel, where it is still as the wiring left it (a variable
+    the learner set since stays); nothing if the kernel is not wired to the local cloud."""
+    unwire_gcp()
+    if os.environ.get("LABCLOUD_BACKEND") != "local":
+        _replaced.clear()
+        return
+    # wired before this kernel started (`labcloud env` in its shell): nothing to put back, the pointers to drop
+    replaced = dict(_replaced) or {name: (None, os.environ.get(name)) for name in _LOCAL_POINTERS}
+    _replaced.clear()
+    for name, (before, wired) in replaced.items():
+        if os.environ.get(name) != wired:
+            continue
+        if before is None:
             os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _aws_credentials_problem() -> str | None:

@@ -42,3 +42,15 @@ def vertex(connection):
     yield aiplatform
     initializer.global_config._api_endpoint = None
     initializer.global_config._api_transport = None
+
+
+@pytest.fixture
+def no_aws_credentials(monkeypatch, tmp_path):
+    """No AWS credentials anywhere botocore looks: no AWS_* variables, no config files, no instance metadata."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # botocore must not probe the instance metadata
+    monkeypatch.setenv("BOTO_CONFIG", str(tmp_path / "no-boto-config"))

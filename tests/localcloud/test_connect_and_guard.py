@@ -13,9 +13,8 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ParamValid
 
 from labcloud.connect import _AWS_OVERRIDES, Connection, CredentialsMissing, connect, local_environment
 from labcloud.localcloud import control
-from labcloud.pricing import guard as guard_module
 from labcloud.pricing.catalog import Catalog, load_catalog
-from labcloud.pricing.guard import BudgetExceeded, CostGuard, Estimate, arm_aws
+from labcloud.pricing.guard import BudgetExceeded, CostGuard, Estimate, arm, armed, estimate_aws
 from labcloud.wiring.aws import WIRED_VARIABLES
 from labcloud.wiring.gcp import WIRED_VARIABLES as GCP_WIRED
 
@@ -35,7 +34,7 @@ def restored_environment(monkeypatch):
         if name not in before:
             monkeypatch.delenv(name)
     yield
-    arm_aws(None)
+    arm(None)
     monkeypatch.undo()
     assert {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"} == before
 
@@ -84,7 +83,7 @@ def test_connect_local_points_the_sdks_at_the_session_cloud(monkeypatch):
     assert {"127.0.0.1", "localhost", "internal.example.com"} <= set(no_proxy)
     assert os.environ["no_proxy"] == os.environ["NO_PROXY"]
     assert {k: os.environ[k] for k in cloud.env} == cloud.env
-    assert cloud.guard is None and guard_module._active_guard is None  # no budget given: no guard
+    assert cloud.guard is None and armed("aws") is None  # no budget given: no guard
     assert session.url in repr(cloud) and "budget" not in repr(cloud)
 
 
@@ -108,21 +107,6 @@ def test_connect_rejects_an_unknown_backend():
 # ---------------------------------------------------------------------------------------------------------
 # connect("aws" | "gcp" | "azure") without credentials
 # ---------------------------------------------------------------------------------------------------------
-
-
-def _no_aws_config(monkeypatch, tmp_path):
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # botocore must not probe the instance metadata
-    monkeypatch.setenv("BOTO_CONFIG", str(tmp_path / "no-boto-config"))
-
-
-@pytest.fixture
-def no_aws_credentials(monkeypatch, tmp_path):
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    _no_aws_config(monkeypatch, tmp_path)
 
 
 def test_connect_aws_without_credentials_says_how_to_fix_it(no_aws_credentials):
@@ -160,7 +144,7 @@ def test_connect_aws_with_credentials_arms_the_guard_before_any_request(no_aws_c
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     cloud = connect("aws", budget_usd=25)
     assert not cloud.is_local and cloud.server is None and cloud.env == {}
-    assert cloud.guard.budget_usd == 25 and guard_module._active_guard is cloud.guard
+    assert cloud.guard.budget_usd == 25 and armed("aws") is cloud.guard and armed("gcp") is None
     assert "the real cloud" in repr(cloud) and "$25.00" in repr(cloud)
     sagemaker = boto3.client(
         "sagemaker", endpoint_url=NOWHERE, config=Config(retries={"max_attempts": 0}, connect_timeout=1)
@@ -223,13 +207,13 @@ def test_connect_azure_with_a_subscription_but_no_credential(no_azure_credential
 
 def test_connect_azure_with_a_service_principal_gets_a_budget_but_no_aws_guard(no_azure_credentials, monkeypatch):
     connect("local", budget_usd=3)  # an armed AWS guard from before must not stay armed
-    assert guard_module._active_guard is not None
+    assert armed("aws") is not None
     monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", "00000000-0000-0000-0000-000000000000")
     monkeypatch.setenv("AZURE_TENANT_ID", "tenant")
     monkeypatch.setenv("AZURE_CLIENT_ID", "client")
     cloud = connect("azure", budget_usd=7)
     assert cloud.backend == "azure" and cloud.guard.budget_usd == 7
-    assert guard_module._active_guard is None
+    assert armed("aws") is None and armed("azure") is cloud.guard
     assert "AWS_ENDPOINT_URL" not in os.environ
 
 
@@ -250,7 +234,7 @@ def _hourly(catalog, name, service):
 def test_training_job_estimate_is_count_times_hours_times_price(catalog):
     guard = CostGuard(100_000, catalog)
     params = _training_job("t", "ml.p4d.24xlarge", 4, 7200)
-    estimate = guard.estimate_aws("CreateTrainingJob", params)
+    estimate = estimate_aws(guard, "CreateTrainingJob", params)
     assert estimate.action == "sagemaker:CreateTrainingJob"
     assert estimate.usd == pytest.approx(4 * 2 * _hourly(catalog, "ml.p4d.24xlarge", "sagemaker-training"))
     assert estimate.usd == pytest.approx(4 * 2 * 37.688)
@@ -260,13 +244,13 @@ def test_training_job_estimate_is_count_times_hours_times_price(catalog):
 def test_training_job_without_a_stopping_condition_budgets_sagemaker_default_day(catalog):
     params = _training_job("t", "ml.g4dn.xlarge", 1, 0)
     del params["StoppingCondition"]
-    estimate = CostGuard(1000, catalog).estimate_aws("CreateTrainingJob", params)
+    estimate = estimate_aws(CostGuard(1000, catalog), "CreateTrainingJob", params)
     assert estimate.usd == pytest.approx(24 * _hourly(catalog, "ml.g4dn.xlarge", "sagemaker-training"))
 
 
 def test_spot_training_is_flagged_and_uses_a_spot_price_when_there_is_one(catalog):
     params = {**_training_job("t", "ml.p4d.24xlarge", 2, 3600), "EnableManagedSpotTraining": True}
-    estimate = CostGuard(1000, catalog).estimate_aws("CreateTrainingJob", params)
+    estimate = estimate_aws(CostGuard(1000, catalog), "CreateTrainingJob", params)
     assert estimate.detail.endswith("(spot)")
     # SageMaker publishes no spot price: the guard budgets the on-demand price, the worst case.
     assert estimate.usd == pytest.approx(2 * P4D_TRAINING)
@@ -276,9 +260,9 @@ def test_spot_training_is_flagged_and_uses_a_spot_price_when_there_is_one(catalo
         "spot_usd_per_hour": 11.0,
     }
     with_spot = Catalog({"instances": [row]})
-    assert CostGuard(1000, with_spot).estimate_aws("CreateTrainingJob", params).usd == pytest.approx(2 * 11.0)
+    assert estimate_aws(CostGuard(1000, with_spot), "CreateTrainingJob", params).usd == pytest.approx(2 * 11.0)
     params["EnableManagedSpotTraining"] = False
-    assert CostGuard(1000, with_spot).estimate_aws("CreateTrainingJob", params).usd == pytest.approx(2 * P4D_TRAINING)
+    assert estimate_aws(CostGuard(1000, with_spot), "CreateTrainingJob", params).usd == pytest.approx(2 * P4D_TRAINING)
 
 
 def test_endpoint_config_sums_its_variants_for_the_serving_hours(catalog):
@@ -293,18 +277,18 @@ def test_endpoint_config_sums_its_variants_for_the_serving_hours(catalog):
     hourly = 2 * _hourly(catalog, "ml.g4dn.xlarge", "sagemaker-inference") + _hourly(
         catalog, "ml.m5.xlarge", "sagemaker-inference"
     )
-    estimate = CostGuard(1000, catalog).estimate_aws("CreateEndpointConfig", params)
+    estimate = estimate_aws(CostGuard(1000, catalog), "CreateEndpointConfig", params)
     assert estimate.action == "sagemaker:CreateEndpointConfig"
     assert estimate.usd == pytest.approx(24 * hourly)
     assert estimate.usd == pytest.approx(24 * (2 * 0.736 + 0.23))
     assert estimate.detail == "2 x ml.g4dn.xlarge + 1 x ml.m5.xlarge for 24 h"
-    two_hours = CostGuard(1000, catalog, serving_hours=2).estimate_aws("CreateEndpointConfig", params)
+    two_hours = estimate_aws(CostGuard(1000, catalog, serving_hours=2), "CreateEndpointConfig", params)
     assert two_hours.usd == pytest.approx(2 * hourly)
 
 
 def test_run_instances_uses_the_ec2_price_and_max_count(catalog):
     params = {"ImageId": "ami-12345678", "InstanceType": "p4d.24xlarge", "MinCount": 1, "MaxCount": 2}
-    estimate = CostGuard(10_000, catalog).estimate_aws("RunInstances", params)
+    estimate = estimate_aws(CostGuard(10_000, catalog), "RunInstances", params)
     assert estimate.action == "ec2:RunInstances"
     assert estimate.usd == pytest.approx(2 * 24 * _hourly(catalog, "p4d.24xlarge", "ec2"))
     assert estimate.usd == pytest.approx(2 * 24 * 21.957642)
@@ -313,10 +297,10 @@ def test_run_instances_uses_the_ec2_price_and_max_count(catalog):
 
 def test_unbilled_calls_and_unknown_instances_are_not_estimated(catalog, caplog):
     guard = CostGuard(1, catalog)
-    assert guard.estimate_aws("ListBuckets", {}) is None
-    assert guard.estimate_aws("DescribeTrainingJob", {"TrainingJobName": "x"}) is None
+    assert estimate_aws(guard, "ListBuckets", {}) is None
+    assert estimate_aws(guard, "DescribeTrainingJob", {"TrainingJobName": "x"}) is None
     with caplog.at_level("WARNING", logger="labcloud.pricing.guard"):
-        assert guard.estimate_aws("RunInstances", {"InstanceType": "x9.mega", "MaxCount": 1}) is None
+        assert estimate_aws(guard, "RunInstances", {"InstanceType": "x9.mega", "MaxCount": 1}) is None
     assert "x9.mega" in caplog.text and "RunInstances is not estimated" in caplog.text
 
 
@@ -340,7 +324,7 @@ def test_unbilled_calls_and_unknown_instances_are_not_estimated(catalog, caplog)
     ],
 )
 def test_valid_requests_without_an_instance_type_do_not_crash_the_guard(catalog, operation, params):
-    estimate = CostGuard(1000, catalog).estimate_aws(operation, params)
+    estimate = estimate_aws(CostGuard(1000, catalog), operation, params)
     assert estimate is None or estimate.usd >= 0
 
 
@@ -365,7 +349,7 @@ def test_check_counts_estimates_until_the_budget_is_exceeded(catalog):
 def test_budget_exceeded_message_names_the_estimate_and_the_budget(catalog):
     guard = CostGuard(50, catalog)
     params = _training_job("t", "ml.p4d.24xlarge", 4, 7200)
-    estimate = guard.estimate_aws("CreateTrainingJob", params)
+    estimate = estimate_aws(guard, "CreateTrainingJob", params)
     with pytest.raises(BudgetExceeded) as error:
         guard.check(estimate)
     message = str(error.value)
@@ -376,7 +360,7 @@ def test_budget_exceeded_message_names_the_estimate_and_the_budget(catalog):
 
 def test_connect_local_with_a_budget_stops_an_expensive_training_job_before_it_is_created():
     cloud = connect("local", budget_usd=50)
-    assert guard_module._active_guard is cloud.guard and "$50.00" in repr(cloud)
+    assert armed("aws") is cloud.guard and "$50.00" in repr(cloud)
     sagemaker = boto3.client("sagemaker")
     big = _unique("too-big")
     with pytest.raises(BudgetExceeded) as error:
@@ -400,14 +384,14 @@ def test_disarming_lets_the_same_call_through():
     sagemaker = boto3.client("sagemaker")
     with pytest.raises(BudgetExceeded):
         sagemaker.create_training_job(**_training_job(_unique("blocked"), "ml.p4d.24xlarge", 1, 3600))
-    arm_aws(None)
+    arm(None)
     name = _unique("allowed")
     sagemaker.create_training_job(**_training_job(name, "ml.p4d.24xlarge", 1, 3600))
     assert sagemaker.describe_training_job(TrainingJobName=name)["TrainingJobName"] == name
     # connect("local") without a budget disarms too.
     connect("local", budget_usd=1)
     connect("local")
-    assert guard_module._active_guard is None
+    assert armed("aws") is None
 
 
 def test_a_call_that_fails_does_not_use_up_the_budget():

@@ -80,6 +80,19 @@ class Catalog:
             raise UnknownInstanceType(f"{name!r} is not in the course's instance catalog")
         return matches[0]
 
+    def find(self, service: str, machine_type: str, accelerator_type: str | None) -> Instance:
+        """The row for exactly this machine and accelerator (None: no accelerator) on a service, as Vertex AI names
+        its shapes (a machine type alone does not say which GPU is attached)."""
+        for instance in self.instances:
+            if (instance.service, instance.machine_type, instance.accelerator_type) == (
+                service,
+                machine_type,
+                accelerator_type,
+            ):
+                return instance
+        shape = machine_type + (f" with {accelerator_type}" if accelerator_type else "")
+        raise UnknownInstanceType(f"{shape!r} on {service} is not in the course's instance catalog")
+
     def frame(self):
         import pandas as pd
 
@@ -98,6 +111,9 @@ class ServicePrices:
 
     def keys(self):
         return self._prices.keys()
+
+    def __iter__(self):
+        return iter(self._prices)
 
     def token_cost(self, prefix: str, per: str, input_tokens: int, output_tokens: int) -> tuple[float, str]:
         """A model call's tokens at `{prefix}.input_per_{per}_tokens` and `.output_per_{per}_tokens` (per: "1k" or

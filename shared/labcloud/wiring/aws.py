@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import functools
-import importlib.abc
-import importlib.util
 import logging
 import os
 import sys
@@ -24,6 +22,8 @@ import time
 import types
 from pathlib import Path
 from urllib.parse import urlparse
+
+from .on_import import after_import
 
 FAST_POLL_S = 0.1
 CONFIG_VARIABLE = "SAGEMAKER_USER_CONFIG_OVERRIDE"
@@ -51,10 +51,10 @@ def wire(state_dir: Path) -> dict[str, str]:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _redirect_aws_urls()
     if os.environ.get("LABCLOUD_FAST_POLL", "1") != "0":
-        _after_import("sagemaker.session", _fast_sagemaker_polls)
-    _after_import("sagemaker.config.config", _check_config_schema_once)
-    _after_import("sagemaker.utils", _resolve_endpoints_once)
-    _after_import("sagemaker_core.main.utils", _keep_ipython_tracebacks)
+        after_import("sagemaker.session", _fast_sagemaker_polls)
+    after_import("sagemaker.config.config", _check_config_schema_once)
+    after_import("sagemaker.utils", _resolve_endpoints_once)
+    after_import("sagemaker_core.main.utils", _keep_ipython_tracebacks)
     return env
 
 
@@ -86,7 +86,7 @@ def _redirect_aws_urls() -> None:
 # --- fast polls for the SageMaker SDK's waiters ---------------------------------------------------------------
 
 
-class _FastTime(types.ModuleType):
+class FastTime(types.ModuleType):
     """The `time` module as sagemaker.session sees it: the same, except that sleeps are short locally, and its
     clock counts each shortened sleep as the full sleep asked for. The SDK's log tail (`fit()` with logs)
     re-checks the job's status only every 30 s of `time.time()`: three of its 10 s polls, 3 x FAST_POLL_S here. (A
@@ -113,7 +113,7 @@ class _FastTime(types.ModuleType):
 
 def _fast_sagemaker_polls(module) -> None:
     if getattr(module, "time", None) is time:
-        module.time = _FastTime()
+        module.time = FastTime()
 
 
 # --- the SDK's config validation, with its schema checked once ------------------------------------------------
@@ -177,38 +177,3 @@ def _keep_ipython_tracebacks(module) -> None:
 
 def _from_rich(function) -> bool:
     return function is not None and getattr(function, "__module__", "").startswith("rich.")
-
-
-class _PatchOnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Run a patch right after a module is imported (or at once, if it already is)."""
-
-    def __init__(self, name: str, patch):
-        self.name, self.patch, self._loader = name, patch, None
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != self.name:
-            return None
-        sys.meta_path.remove(self)
-        try:
-            spec = importlib.util.find_spec(fullname)
-        finally:
-            sys.meta_path.insert(0, self)
-        if spec is None or spec.loader is None:
-            return None
-        self._loader, spec.loader = spec.loader, self
-        return spec
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        self._loader.exec_module(module)
-        sys.meta_path.remove(self)
-        self.patch(module)
-
-
-def _after_import(name: str, patch) -> None:
-    if name in sys.modules:
-        patch(sys.modules[name])
-    elif not any(isinstance(f, _PatchOnImport) and f.name == name for f in sys.meta_path):
-        sys.meta_path.insert(0, _PatchOnImport(name, patch))

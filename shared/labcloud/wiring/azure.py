@@ -29,6 +29,7 @@ from ..localcloud.azure.services.blob import read_status
 from ..localcloud.azure.services.machine_learning import LOCAL_IDENTITY_HEADER, MFE, TOKEN_PATH
 from ..localcloud.azure.services.openai import LOCAL_API_KEY
 from ..localcloud.tls import LocalTls
+from .on_import import after_import
 
 OPENAI_VARIABLES = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY")
 STORAGE_VARIABLE = "AZURE_STORAGE_CONNECTION_STRING"
@@ -73,9 +74,7 @@ def wire(url: str, state_dir: Path, https_url: str | None = None) -> dict[str, s
     env = dict(zip(OPENAI_VARIABLES, (url, LOCAL_API_KEY), strict=True))
     env.update(machine_learning_environment(https_url, state_dir))
     if os.environ.get("LABCLOUD_FAST_POLL", "1") != "0":
-        from .aws import _after_import
-
-        _after_import("azure.ai.ml.operations._job_ops_helper", _fast_stream_polls)
+        after_import("azure.ai.ml.operations._job_ops_helper", _fast_stream_polls)
     blob = _wait_for_blob(Path(state_dir) / "azure")
     if blob is not None and blob.status == "ready":
         env[STORAGE_VARIABLE] = blob.connection_string

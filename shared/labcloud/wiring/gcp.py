@@ -14,11 +14,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
 
 from ..localcloud.gcp.gateway import LOCAL_TOKEN, PROJECT, TOKEN_PATH
+from .aws import FastTime, is_local
+from .on_import import after_import
 
 CREDENTIALS_FILE = "gcp-credentials.json"
 DEFAULT_STAGING_BUCKET = "labcloud-staging"
@@ -42,9 +45,7 @@ def wire(url: str, state_dir: Path) -> dict[str, str]:
     }
     env.update(_wire_bigquery(url))
     env.update(_wire_vertex(url))
-    from .aws import _after_import
-
-    _after_import("google.auth.transport.requests", _fail_fast_when_down)
+    after_import("google.auth.transport.requests", _fail_fast_when_down)
     os.environ.update(env)
     return env
 
@@ -115,23 +116,48 @@ def _wire_vertex(url: str) -> dict[str, str]:
     - The SDK waits 5 s between two polls of a training pipeline and 1 s (growing) between two polls of an
       operation; on the local cloud jobs and deployments take seconds, so both start at FAST_POLL_S while the
       local backend is connected (LABCLOUD_FAST_POLL=0 keeps the SDK's own timing)."""
-    from .aws import _after_import
-
-    def patch(initializer) -> None:
-        # read at import time: a later connect() may have started another local cloud
-        local_url = os.environ.get("LABCLOUD_URL", url)
-        initializer.global_config._api_endpoint = local_url
-        initializer.global_config._api_transport = "rest"
-        default = f"gs://{DEFAULT_STAGING_BUCKET}"
-        if initializer.global_config._staging_bucket in (None, default):  # the learner's own bucket stays
-            initializer.global_config._staging_bucket = default
-            _create_bucket(local_url, DEFAULT_STAGING_BUCKET)
-
-    _after_import("google.cloud.aiplatform.initializer", patch)
+    after_import("google.cloud.aiplatform.initializer", _point_vertex_here)
     if os.environ.get("LABCLOUD_FAST_POLL", "1") != "0":
-        _after_import("google.cloud.aiplatform.training_jobs", _fast_pipeline_polls)
-        _after_import("google.api_core.operation", _fast_operation_polls)
+        after_import("google.cloud.aiplatform.training_jobs", _fast_pipeline_polls)
+        after_import("google.api_core.operation", _fast_operation_polls)
     return {}
+
+
+# What _point_vertex_here put into aiplatform's global config, so that unwire() takes back only that.
+_vertex_settings: dict[str, object] = {}
+
+
+def _point_vertex_here(initializer) -> None:
+    """aiplatform's global config -> the local cloud (read when the SDK is imported: a later connect() may have
+    started another local cloud, or connected a real one, in between)."""
+    if not is_local():
+        return
+    local_url = os.environ["LABCLOUD_URL"]
+    settings = {"_api_endpoint": local_url, "_api_transport": "rest"}
+    default = f"gs://{DEFAULT_STAGING_BUCKET}"
+    if initializer.global_config._staging_bucket in (None, default):  # the learner's own bucket stays
+        settings["_staging_bucket"] = default
+        _create_bucket(local_url, DEFAULT_STAGING_BUCKET)
+    for name, value in settings.items():
+        setattr(initializer.global_config, name, value)
+    _vertex_settings.update(settings)
+
+
+def unwire() -> None:
+    """Undo what `wire` left in this process besides environment variables (which connect() puts back): aiplatform's
+    global config loses the local endpoint, transport and staging bucket, and the local credentials and project it
+    may have cached from the local environment; what the learner set themselves stays."""
+    module = sys.modules.get("google.cloud.aiplatform.initializer")
+    if module is not None:
+        config = module.global_config
+        for name, value in _vertex_settings.items():
+            if getattr(config, name, None) == value:
+                setattr(config, name, None)
+        if getattr(config._credentials, "token", None) == LOCAL_TOKEN:
+            config._credentials = None
+        if config._project == PROJECT:
+            config._project = None
+    _vertex_settings.clear()
 
 
 def _create_bucket(url: str, name: str) -> None:
@@ -151,17 +177,13 @@ def _create_bucket(url: str, name: str) -> None:
 def _fast_pipeline_polls(module) -> None:
     """training_jobs' `time` becomes one whose sleeps are short while the local backend is connected (its clock
     counts them in full, so the SDK's log lines stay as far apart as it meant)."""
-    from .aws import _FastTime
-
     if getattr(module, "time", None) is time:
-        module.time = _FastTime()
+        module.time = FastTime()
 
 
 def _fast_operation_polls(module) -> None:
     """Operations the Vertex SDK waits on poll from FAST_POLL_S (growing as the SDK's do) on the local cloud."""
     from google.api_core.future import polling
-
-    from .aws import is_local
 
     original = module.from_gapic
     if getattr(original, "labcloud_fast", False):
