@@ -2,6 +2,11 @@
 
 Each cloud extends it (`aws.context.AwsContext` adds moto). A service module has `register(gateway, context)`;
 `register_services` imports every module of a services package and calls it.
+
+Work that was under way when the local cloud last stopped (a training job, an endpoint being created) cannot go
+on: its processes are gone, after a crash as after `labcloud down`. Each service that runs such work registers
+with `on_interrupted`; at start, before the server answers, `end_interrupted` has each mark its unfinished work
+failed in its own cloud's shape (a FailureReason, an error message) saying LOCAL_CLOUD_STOPPED, and logs what.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from .processes import ChildProcesses
 
 log = logging.getLogger(__name__)
 
+LOCAL_CLOUD_STOPPED = "the local cloud stopped"  # the reason work interrupted by a stop or a crash is failed with
+
 
 @dataclass(kw_only=True)
 class CloudContext:
@@ -31,6 +38,7 @@ class CloudContext:
     cloud: str = ""  # "aws", "gcp": the cloud the meter's lines are for
     _started_hooks: list[Callable[[], None]] = field(default_factory=list)
     _shutdown_hooks: list[Callable[[], None]] = field(default_factory=list)
+    _interrupted_hooks: list[tuple[str, Callable[[str], list[str]]]] = field(default_factory=list)
 
     def in_background(self, target: Callable, name: str, *args) -> threading.Thread:
         """Run `target(*args)` on a daemon thread; an exception is logged, never raised into the server."""
@@ -75,6 +83,25 @@ class CloudContext:
 
     def on_shutdown(self, hook: Callable[[], None]) -> None:
         self._shutdown_hooks.append(hook)
+
+    def on_interrupted(self, kind: str, end: Callable[[str], list[str]]) -> None:
+        """Register `end(reason)`: it fails the `kind` of work (e.g. "SageMaker training jobs") that its records
+        show unfinished, with `reason` in the cloud's own failure message, and returns the names it failed."""
+        self._interrupted_hooks.append((kind, end))
+
+    def end_interrupted(self) -> dict[str, list[str]]:
+        """Fail the work the last run left unfinished (once, at start, before serving); what was failed, by kind."""
+        ended = {}
+        for kind, end in self._interrupted_hooks:
+            try:
+                names = end(LOCAL_CLOUD_STOPPED)
+            except Exception:
+                log.exception("could not end the %s that the last run left unfinished", kind)
+                continue
+            if names:
+                ended[kind] = names
+                log.info("%s unfinished when the local cloud stopped, now failed: %s", kind, ", ".join(names))
+        return ended
 
     def started(self, url: str) -> None:
         self.url = url

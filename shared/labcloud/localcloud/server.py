@@ -2,7 +2,9 @@
 
 Run by `labcloud up` (through `control.start`) as `python -m labcloud.localcloud.server --state DIR`.
 It binds the asked port, or a free one when that is taken, writes `server.json` for clients, restores the
-saved state, and on SIGTERM saves the state, stops its children and exits.
+saved state, and on SIGTERM saves the state, stops its children and exits. After a crash of the previous run, the
+start reaps the children it left running (`processes.ChildRecords`), replays moto's journal (`aws/journal.py`) and
+fails the jobs that were running (`CloudContext.end_interrupted`), before it answers.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from .azure.gateway import AzureContext, AzureGateway
 from .context import register_services
 from .gcp import services as gcp_services
 from .gcp.gateway import GcpContext, GcpGateway
-from .processes import ChildProcesses
+from .processes import ChildProcesses, ChildRecords
 from .state import ServerInfo, StateDir
 from .tls import LocalTls
 
@@ -63,6 +65,7 @@ class LocalCloud:
         self.state = StateDir(state_dir)
         self.state.path.mkdir(parents=True, exist_ok=True)
         self.host, self.port, self.strict_port = host, port, strict_port
+        self.children = ChildRecords(self.state.path / "children.json")  # every cloud's children, for a reap
         self._moto_lock = threading.RLock()
         self.snapshots = MotoSnapshots(self.state.sub("aws"), self._moto_lock)
         self.ledger = CostLedger(self.state.path / "costs.json")
@@ -72,7 +75,7 @@ class LocalCloud:
             lock=self._moto_lock,
             ledger=self.ledger,
             catalog=load_catalog(),
-            children=ChildProcesses(),
+            children=ChildProcesses(self.children),
             call_moto=self.aws.call_moto,
             mark_dirty=self.snapshots.mark_dirty,
         )
@@ -82,7 +85,7 @@ class LocalCloud:
             state_dir=self.state.sub("gcp"),
             ledger=self.ledger,
             catalog=self.aws_context.catalog,
-            children=ChildProcesses(),
+            children=ChildProcesses(self.children),
         )
         self.gcp_services = register_services(gcp_services, self.gcp, self.gcp_context)
         self.azure = AzureGateway()
@@ -90,7 +93,7 @@ class LocalCloud:
             state_dir=self.state.sub("azure"),
             ledger=self.ledger,
             catalog=self.aws_context.catalog,
-            children=ChildProcesses(),
+            children=ChildProcesses(self.children),
         )
         self.azure_services = register_services(azure_services, self.azure, self.azure_context)
         self.admin = AdminApi(str(self.state.path), self.ledger, self._services)
@@ -111,7 +114,10 @@ class LocalCloud:
         return self.aws(environ, start_response)
 
     def start(self) -> ServerInfo:
+        self.children.reap_previous()  # before anything starts: a second Azurite on the same folder loses blobs
         self._restored = self.snapshots.restore(self.aws.replay)
+        for context in self._contexts():
+            context.end_interrupted()
         sock = bind_socket(self.host, self.port, self.strict_port)
         self._server = make_server(self.host, sock.getsockname()[1], self.app, threaded=True, fd=sock.fileno())
         self._server.daemon_threads = True
@@ -125,9 +131,8 @@ class LocalCloud:
             version=__version__,
             tls_port=self._start_tls(),
         )
-        self.aws_context.started(info.url)
-        self.gcp_context.started(info.url)
-        self.azure_context.started(info.url)  # starts Azurite without waiting for it
+        for context in self._contexts():
+            context.started(info.url)  # Azure's starts Azurite without waiting for it
         self.state.write_info(info)
         log.info("local cloud on %s (state %s; restored %s)", info.url, info.state_dir, self._restored or "nothing")
         return info
@@ -148,11 +153,14 @@ class LocalCloud:
     def serve_forever(self) -> None:
         self._server.serve_forever(poll_interval=0.2)
 
+    def _contexts(self) -> tuple:
+        return self.aws_context, self.gcp_context, self.azure_context
+
     def stop(self) -> None:
         """Stop the learners' processes, save everything and stop serving. Safe to call from a signal handler."""
-        self.aws_context.shutdown()
-        self.gcp_context.shutdown()
-        self.azure_context.shutdown()
+        for context in self._contexts():
+            context.shutdown()
+        self.children.clear()  # an orderly stop leaves nothing to reap
         self.snapshots.stop()
         self.ledger.save()
         self.state.clear_info(os.getpid())

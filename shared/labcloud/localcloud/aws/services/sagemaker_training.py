@@ -20,7 +20,8 @@ an internal error. Here:
 - When a job ends, the cost meter gets its instance-hours at the catalog's price for the instance type (spot
   price for managed spot). The instance type is simulated: a job "on" ml.p4d.24xlarge runs on this machine.
 - Job records are JSON files under the state folder (`training-jobs/<region>/<job>/record.json`, beside the job's
-  work folder); a job that was running when the local cloud stopped is Failed after a restart.
+  work folder); a job that was running when the local cloud stopped (`labcloud down`, or a crash) is Failed at the
+  next start, with FailureReason "the local cloud stopped while the job ran" (`CloudContext.on_interrupted`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pathlib import Path
 
 from ....pricing.catalog import UnknownInstanceType
 from ....runtime.sagemaker_training import JobFailed, Outcome, TrainingRun, TrainingSpec
+from ...context import LOCAL_CLOUD_STOPPED
 from ..context import AwsContext, json_response, read_json
 from ..errors import Response, aws_error
 from ..requests import AwsRequest
@@ -45,7 +47,7 @@ from ..requests import AwsRequest
 log = logging.getLogger(__name__)
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
-SHUTDOWN_REASON = "the local cloud stopped while the job ran"
+SHUTDOWN_REASON = f"{LOCAL_CLOUD_STOPPED} while the job ran"
 FINAL_STATUSES = ("Completed", "Failed", "Stopped")
 MAX_LOG_MESSAGE = 256 * 1024 - 26  # CloudWatch Logs' limit for one event
 # Beyond what botocore's model requires: what moto and the runner need (AWS's own model made them optional
@@ -311,17 +313,22 @@ class TrainingJobs:
     # -- state --
 
     def restore(self) -> None:
-        """Load the records; a job that was running when the local cloud stopped is Failed now."""
+        """Load the records (`end_interrupted` then fails those that were running when the local cloud stopped)."""
         for path in sorted(self.context.records("training-jobs").glob("*/*/record.json")):
             try:
                 record = JobRecord(**json.loads(path.read_text()))
             except (OSError, ValueError, TypeError):
                 log.exception("could not read the training job record %s", path)
                 continue
-            job = TrainingJob(record, path.parent)
-            if not job.final:
-                self._end_abruptly(job)
-            self._jobs[(record.region, record.name)] = job
+            self._jobs[(record.region, record.name)] = TrainingJob(record, path.parent)
+
+    def end_interrupted(self, reason: str) -> list[str]:
+        """Fail (or, when a stop was asked, stop) the jobs that ran when the local cloud stopped; their names."""
+        with self._lock:
+            unfinished = [job for job in self._jobs.values() if not job.final and job.run is None]
+        for job in unfinished:
+            self._end_abruptly(job, f"{reason} while the job ran")
+        return [job.record.name for job in unfinished]
 
     def shutdown(self) -> None:
         with self._lock:
@@ -329,13 +336,13 @@ class TrainingJobs:
         for job in running:
             if job.run is not None:
                 job.run.abort(SHUTDOWN_REASON)
-            self._end_abruptly(job)
+            self._end_abruptly(job, SHUTDOWN_REASON)
 
-    def _end_abruptly(self, job: TrainingJob) -> None:
+    def _end_abruptly(self, job: TrainingJob, reason: str) -> None:
         with job.lock:
             stopping = job.record.status == "Stopping"
             job.record.status = "Stopped" if stopping else "Failed"
-            job.record.failure_reason = None if stopping else SHUTDOWN_REASON
+            job.record.failure_reason = None if stopping else reason
             job.record.transition(job.record.status, "Training job stopped" if stopping else "Training job failed")
             job.record.training_end = job.record.training_end or job.record.last_modified
             job.record.transitions[-1]["EndTime"] = job.record.last_modified
@@ -580,6 +587,7 @@ def _validation_error(request: AwsRequest, problems: list[str]) -> Response:
 def register(gateway, context: AwsContext) -> None:
     jobs = TrainingJobs(context)
     jobs.restore()
+    context.on_interrupted("SageMaker training jobs", jobs.end_interrupted)
     context.on_started(lambda: context.in_background(jobs.warm_up, "sagemaker-training-warm-up"))
     context.on_shutdown(jobs.shutdown)
     for action, handler in (

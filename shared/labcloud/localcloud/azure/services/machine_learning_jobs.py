@@ -18,6 +18,9 @@ compute=..., environment=...))` drives, and what the local cloud does at each st
    finished before anyone looked still streams its whole log.
 4. `returned_job.studio_url` opens a page of the local cloud with the job's status, command and log.
 Compute is simulated: a job on an ND96asr_v4 cluster runs as one process on this machine.
+Jobs and code versions are JSON records under the state folder (`machine-learning-jobs/`), written before the
+answer; a job that was running when the local cloud stopped (`labcloud down`, or a crash) is Failed at the next
+start, with "The local cloud stopped while the job ran." (`CloudContext.on_interrupted`).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ OUTPUT_DATASTORE = "workspaceblobstore"
 _DATASTORE_URI = re.compile(r"^azureml://datastores/(?P<datastore>[^/]+)/paths/(?P<path>.*)$")
 _BINDING = re.compile(r"\$\{\{\s*(inputs|outputs)\.([A-Za-z0-9_]+)\s*\}\}")
 FINISHED = ("Completed", "Failed", "Canceled")
+JOBS_FILE, CODES_FILE = "jobs.json", "codes.json"
 LOG_TAIL_LINES = 20
 
 
@@ -70,6 +74,7 @@ def register_jobs(gateway, context, workspaces) -> None:
     gateway.route("GET", LOG_ROUTE, api.log_file)
     gateway.route("GET", STUDIO_ROUTE, api.studio_page)
     context.on_shutdown(api.stop_all)
+    context.on_interrupted("Azure ML jobs", api.end_interrupted)
 
 
 class JobsApi:
@@ -77,13 +82,17 @@ class JobsApi:
         self.context, self.workspaces = context, workspaces
         self.folder = Path(context.records("machine-learning-jobs"))
         self.lock = threading.Lock()
-        self.codes: dict[str, dict] = {}
-        self.jobs: dict[str, dict] = load_json(self.folder / "jobs.json")
+        self.codes: dict[str, dict] = load_json(self.folder / CODES_FILE)
+        self.jobs: dict[str, dict] = load_json(self.folder / JOBS_FILE)
         self.polled: set[str] = set()
         self.processes: dict[str, subprocess.Popen] = {}
-        for job in self.jobs.values():  # a job the last shutdown interrupted cannot resume
-            if job["properties"]["status"] not in FINISHED:
-                self._finish(job, "Failed", "The local cloud stopped while the job ran.")
+
+    def end_interrupted(self, reason: str) -> list[str]:
+        """Fail the jobs that ran when the local cloud stopped (they cannot resume); their names."""
+        unfinished = [job for job in self.jobs.values() if job["properties"]["status"] not in FINISHED]
+        for job in unfinished:
+            self._finish(job, "Failed", f"{reason.capitalize()} while the job ran.")
+        return [job["name"] for job in unfinished]
 
     # code assets ---------------------------------------------------------------------------------------------
     def list_code_versions(self, request: AzureRequest):
@@ -117,6 +126,7 @@ class JobsApi:
         resource = {**body, "id": code_id, "name": request.params["version"]}
         with self.lock:
             self.codes[code_id.lower()] = resource
+            _save_json(self.folder / CODES_FILE, self.codes)
         return json_response(resource)
 
     def get_code_version(self, request: AzureRequest):
@@ -373,10 +383,13 @@ class JobsApi:
         return 200, [("Content-Type", "text/html; charset=utf-8")], page.encode()
 
     def _save(self) -> None:
-        path = self.folder / "jobs.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.jobs, indent=1))
-        tmp.replace(path)
+        _save_json(self.folder / JOBS_FILE, self.jobs)
+
+
+def _save_json(path: Path, records: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(records, indent=1))
+    tmp.replace(path)
 
 
 def _public(job: dict) -> dict:

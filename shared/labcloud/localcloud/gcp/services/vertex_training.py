@@ -12,7 +12,8 @@
   `vertex-training` price for the worker pool's machine + accelerator when the job ends (an unpriced shape is
   noted in the job log and metered at 0).
 - Records are JSON under the state folder (`vertex-training/<id>/record.json`, beside the job's folder and
-  `job.log`); a job that was running when the local cloud stopped is FAILED after a restart.
+  `job.log`); a job that was running when the local cloud stopped (`labcloud down`, or a crash) is FAILED at the
+  next start, with "The local cloud stopped while the job ran." (`CloudContext.on_interrupted`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 from ....runtime.vertex_training import JobCancelled, JobFailed, TrainingRun, TrainingSpec, snake
+from ...context import LOCAL_CLOUD_STOPPED
 from .. import storage_store
 from ..gateway import GcpRequest, GoogleError, json_response
 from . import vertex_endpoints
@@ -33,7 +35,7 @@ log = logging.getLogger(__name__)
 
 CUSTOM_TASK = "custom_task_1.0.0.yaml"
 FINAL_STATES = ("PIPELINE_STATE_SUCCEEDED", "PIPELINE_STATE_FAILED", "PIPELINE_STATE_CANCELLED")
-SHUTDOWN_MESSAGE = "The local cloud stopped while the job ran."
+SHUTDOWN_MESSAGE = f"{LOCAL_CLOUD_STOPPED.capitalize()} while the job ran."
 _CODES = {"failed": 9, "cancelled": 1}  # google.rpc.Code: FAILED_PRECONDITION, CANCELLED
 
 
@@ -51,6 +53,7 @@ class TrainingPipelines:
         self.runs: dict[str, TrainingRun] = {}
         self._stopping = threading.Event()
         context.on_shutdown(self._shutdown)
+        context.on_interrupted("Vertex AI training pipelines", self._end_interrupted)
 
     def register(self, gateway) -> None:
         gateway.route("POST", LOCATION + r"/trainingPipelines", self.create)
@@ -252,10 +255,17 @@ class TrainingPipelines:
         pipelines = {}
         for path in sorted(Path(self.folder).glob("*/record.json")):
             pipeline = json.loads(path.read_text())
-            if pipeline["state"] not in FINAL_STATES:  # it ran when the local cloud stopped
-                self._end(pipeline, "PIPELINE_STATE_FAILED", _error("failed", SHUTDOWN_MESSAGE))
             pipelines[pipeline["name"]] = pipeline
         return pipelines
+
+    def _end_interrupted(self, reason: str) -> list[str]:
+        """FAILED: the pipelines that ran when the local cloud stopped (at start, before any runs); their names."""
+        message = f"{reason.capitalize()} while the job ran."
+        with self._lock:
+            unfinished = [p for p in self.pipelines.values() if p["state"] not in FINAL_STATES]
+            for pipeline in unfinished:
+                self._end(pipeline, "PIPELINE_STATE_FAILED", _error("failed", message))
+        return [p["name"] for p in unfinished]
 
     def _shutdown(self) -> None:
         self._stopping.set()

@@ -1,0 +1,157 @@
+"""A local cloud killed with SIGKILL right after its acknowledgements: nothing acknowledged is lost, the children it
+left are reaped at the next start, and the training job that was running is Failed with the reason — through the
+real SDKs (boto3, the SageMaker SDK, google-cloud-storage, google-cloud-bigquery, azure-storage-blob)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import boto3
+import psutil
+import pytest
+
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+
+import sagemaker  # noqa: E402
+from azure.storage.blob import BlobServiceClient  # noqa: E402
+from sagemaker.pytorch import PyTorch  # noqa: E402
+
+import labcloud  # noqa: E402
+from labcloud.localcloud import control  # noqa: E402
+from labcloud.localcloud.state import StateDir  # noqa: E402
+from labcloud.wiring.azure import STORAGE_VARIABLE  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+SCRIPTS = Path(__file__).parent / "training_scripts"
+HAS_NODE = shutil.which("node") is not None  # Azurite runs on Node.js
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch, saved_environment):
+    """A state folder of this test's own; whatever local cloud runs on it is stopped afterwards."""
+    folder = tmp_path / "state"
+    monkeypatch.setenv("LABCLOUD_HOME", str(folder))
+    monkeypatch.setenv("LABCLOUD_PORT", "0")
+    yield folder
+    control.stop(folder)
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = "the condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def recorded_children(folder: Path) -> list[psutil.Process]:
+    """The children the running local cloud recorded, as processes (pid and start time checked)."""
+    records = json.loads((folder / "children.json").read_text())["children"]
+    alive = []
+    for pid, record in records.items():
+        try:
+            process = psutil.Process(int(pid))
+        except psutil.NoSuchProcess:
+            continue
+        if abs(process.create_time() - record["started"]) < 0.05:
+            alive.append(process)
+    return alive
+
+
+def sleeping_training_job() -> tuple[str, int]:
+    """A SageMaker training job whose script sleeps: its name, and the script's pid once it runs."""
+    job = PyTorch(
+        entry_point="sleeper.py",
+        source_dir=str(SCRIPTS),
+        role=sagemaker.get_execution_role(),
+        instance_type="ml.m5.xlarge",
+        instance_count=1,
+        framework_version="2.1.0",
+        py_version="py310",
+    )
+    job.fit(wait=False)
+    name = job.latest_training_job.name
+    logs, group = boto3.client("logs"), "/aws/sagemaker/TrainingJobs"
+
+    def script_pid():
+        for stream in logs.describe_log_streams(logGroupName=group, logStreamNamePrefix=name)["logStreams"]:
+            events = logs.get_log_events(logGroupName=group, logStreamName=stream["logStreamName"])
+            for event in events["events"]:
+                if event["message"].startswith("pid "):
+                    return int(event["message"].split()[1])
+        return None
+
+    return name, wait_for(script_pid, what="the training script to run")
+
+
+def costs(info) -> list[dict]:
+    with urllib.request.urlopen(f"{info.url}/_labcloud/costs", timeout=10) as response:
+        return json.load(response)["lines"]
+
+
+def test_a_killed_local_cloud_loses_nothing_acknowledged_and_leaves_nothing_running(state):
+    from google.cloud import bigquery, storage
+
+    info = control.start(state)
+    labcloud.connect("local")
+    job_name, script_pid = sleeping_training_job()
+
+    gcs_bucket = storage.Client().create_bucket(f"crash-{uuid.uuid4().hex[:8]}")
+    gcs_bucket.blob("notes/kept.txt").upload_from_string(b"acknowledged by GCS")
+    bq = bigquery.Client()
+    bq.create_dataset("crash_ds")
+    bq.query("CREATE TABLE crash_ds.kept AS SELECT 1 AS id, 'acknowledged' AS word").result()
+    bq.query("INSERT INTO crash_ds.kept (id, word) VALUES (2, 'by BigQuery')").result()
+    if HAS_NODE:
+        blobs = BlobServiceClient.from_connection_string(os.environ[STORAGE_VARIABLE])
+        blobs.create_container("crash").upload_blob("kept.txt", b"acknowledged by Azurite")
+
+    # Last, and the kill right after: well inside the half second before moto's next snapshot.
+    s3, sqs = boto3.client("s3"), boto3.client("sqs")
+    s3.create_bucket(Bucket="crash-bucket")
+    queue = sqs.create_queue(QueueName="crash-queue")["QueueUrl"]
+    sqs.send_message(QueueUrl=queue, MessageBody="handled, then deleted")
+    handled = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=1)["Messages"][0]
+    sqs.delete_message(QueueUrl=queue, ReceiptHandle=handled["ReceiptHandle"])
+    sent = sqs.send_message(QueueUrl=queue, MessageBody="acknowledged by SQS")
+    s3.put_object(Bucket="crash-bucket", Key="kept.txt", Body=b"acknowledged by S3")
+    left_behind = [*recorded_children(state), psutil.Process(script_pid)]
+    os.kill(info.pid, signal.SIGKILL)
+
+    time.sleep(0.5)
+    assert all(p.is_running() for p in left_behind)  # the children run on without their server
+    assert not HAS_NODE or any("azurite" in " ".join(p.cmdline()) for p in left_behind)
+    restarted = control.start(state)
+    labcloud.connect("local")
+
+    gone, alive = psutil.wait_procs(left_behind, timeout=5)
+    assert alive == [], f"still running after the restart: {alive}"
+    log = StateDir(state).log_tail(200)
+    assert "reaped" in log and str(script_pid) in log
+
+    assert boto3.client("s3").get_object(Bucket="crash-bucket", Key="kept.txt")["Body"].read() == b"acknowledged by S3"
+    queue = boto3.client("sqs").get_queue_url(QueueName="crash-queue")["QueueUrl"]
+    messages = boto3.client("sqs").receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    assert [(m["Body"], m["MessageId"]) for m in messages] == [("acknowledged by SQS", sent["MessageId"])]
+    assert storage.Client().bucket(gcs_bucket.name).blob("notes/kept.txt").download_as_bytes() == b"acknowledged by GCS"
+    rows = bigquery.Client().query("SELECT id, word FROM crash_ds.kept ORDER BY id").result()
+    assert [tuple(row.values()) for row in rows] == [(1, "acknowledged"), (2, "by BigQuery")]
+    if HAS_NODE:
+        blobs = BlobServiceClient.from_connection_string(os.environ[STORAGE_VARIABLE])
+        assert blobs.get_container_client("crash").download_blob("kept.txt").readall() == b"acknowledged by Azurite"
+        assert sum("azurite" in " ".join(p.cmdline()) for p in recorded_children(state)) == 1
+
+    description = boto3.client("sagemaker").describe_training_job(TrainingJobName=job_name)
+    assert description["TrainingJobStatus"] == "Failed"
+    assert description["FailureReason"] == "the local cloud stopped while the job ran"
+    (sends,) = [line for line in costs(restarted) if line["action"] == "SendMessage"]
+    assert sends["quantity"] == 2  # the meter's last lines survived too
