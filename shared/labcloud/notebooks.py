@@ -21,7 +21,8 @@ from .paths import course_root
 
 BEGIN, END, HINT = "### BEGIN SOLUTION", "### END SOLUTION", "### HINT:"
 KERNEL = "python3"
-CELL_TIMEOUT_S = 600
+# A lab's slowest cell takes seconds; a cell that has not finished in this time has hung, and the run says so.
+CELL_TIMEOUT_S = 180
 
 
 # --- solutions -> labs -------------------------------------------------------------------------------------
@@ -126,12 +127,19 @@ def _parameter_value(text: str):
 
 
 def run_notebook(
-    path: Path, parameters: dict | None = None, output_dir: Path | None = None, cwd: Path | None = None
+    path: Path,
+    parameters: dict | None = None,
+    output_dir: Path | None = None,
+    cwd: Path | None = None,
+    timeout_s: float = CELL_TIMEOUT_S,
 ) -> RunResult:
     """Execute a notebook (.py or .ipynb) with papermill; the executed copy goes to `output_dir`."""
     import nbformat
     import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
+
+    from .kernels import ReliableKernelManager
 
     path = Path(path).resolve()
     output_dir = Path(output_dir or course_root() / "build" / "notebooks")
@@ -149,14 +157,35 @@ def run_notebook(
             kernel_name=KERNEL,
             cwd=str(cwd or path.parent),
             progress_bar=False,
-            execution_timeout=CELL_TIMEOUT_S,
+            execution_timeout=timeout_s,
+            kernel_manager_class=ReliableKernelManager,
         )
     except PapermillExecutionError as exc:
         seconds = time.perf_counter() - started
         return RunResult(path.stem, "failed", seconds, output, f"{exc.ename}: {exc.evalue}", exc.ename, exc.cell_index)
+    except CellTimeoutError:
+        index = _running_cell(output)
+        message = f"cell {index} did not finish within {timeout_s:.0f} s: it hung or waits for what never came"
+        return RunResult(path.stem, "failed", time.perf_counter() - started, output, message, "CellTimeoutError", index)
+    except DeadKernelError:
+        index = _running_cell(output)
+        message = f"the kernel died while cell {index} ran (out of memory, or the process was killed)"
+        return RunResult(path.stem, "failed", time.perf_counter() - started, output, message, "DeadKernelError", index)
     finally:
         source.unlink(missing_ok=True)
     return RunResult(path.stem, "passed", time.perf_counter() - started, output)
+
+
+def _running_cell(output: Path) -> int | None:
+    """The index of the last cell papermill started, in the notebook it saved."""
+    import nbformat
+
+    try:
+        cells = nbformat.read(output, as_version=4).cells
+    except (OSError, ValueError):
+        return None
+    started = [i for i, c in enumerate(cells) if c.metadata.get("papermill", {}).get("start_time")]
+    return started[-1] if started else None
 
 
 def run_course(only: list[str] | None = None, output_dir: Path | None = None) -> list[RunResult]:
@@ -186,6 +215,7 @@ def write_references(only: list[str] | None = None) -> list[Path]:
     import nbformat
     from nbclient import NotebookClient
 
+    from .kernels import ReliableKernelManager
     from .localcloud.control import scratch_cloud
 
     written = []
@@ -200,6 +230,7 @@ def write_references(only: list[str] | None = None) -> list[Path]:
                 nb,
                 timeout=CELL_TIMEOUT_S,
                 kernel_name=KERNEL,
+                kernel_manager_class=ReliableKernelManager,
                 resources={"metadata": {"path": str(target.parent)}},
             ).execute()
         for cell in nb.cells:
