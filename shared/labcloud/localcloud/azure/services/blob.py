@@ -5,6 +5,13 @@ protocol, shared keys and SAS included, so `azure-storage-blob` needs nothing bu
 cloud starts it on a free loopback port when it starts, without waiting for it (node takes about a second), keeps
 its data under the state folder (`azure/azurite/`), so blobs survive a restart, and stops it with itself.
 
+How Azurite keeps an acknowledged blob: its bytes go to extent files at once, its metadata to a LokiJS database
+that Azurite saves every 5 s and when it closes (its first SIGTERM or SIGINT; no other metadata store works
+offline: the SQL one needs a MySQL server, `--inMemoryPersistence` keeps nothing). A `kill -9` of the local cloud
+leaves Azurite running; the next start reaps it with SIGTERM (`processes.ChildRecords`), so it saves before the
+new one loads, and every acknowledged blob survives. A SIGKILL of Azurite itself (the whole process group killed,
+the OOM killer) loses the metadata of the blobs written in its last 5 seconds.
+
 Its state is written to `azure/blob.json` in the state folder (status starting / ready / unavailable / failed,
 port, reason), which `connect("local")` reads to set AZURE_STORAGE_CONNECTION_STRING. Without node or the package
 the local cloud still starts: the status and the server log say that Blob storage is not available, and why.
