@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import time
 import urllib.request
 import uuid
@@ -124,6 +125,8 @@ def test_a_killed_local_cloud_loses_nothing_acknowledged_and_leaves_nothing_runn
     sqs.delete_message(QueueUrl=queue, ReceiptHandle=handled["ReceiptHandle"])
     sent = sqs.send_message(QueueUrl=queue, MessageBody="acknowledged by SQS")
     s3.put_object(Bucket="crash-bucket", Key="kept.txt", Body=b"acknowledged by S3")
+    upload = s3.create_multipart_upload(Bucket="crash-bucket", Key="in-parts.bin")["UploadId"]
+    part = s3.upload_part(Bucket="crash-bucket", Key="in-parts.bin", UploadId=upload, PartNumber=1, Body=b"p" * 1024)
     left_behind = [*recorded_children(state), psutil.Process(script_pid)]
     os.kill(info.pid, signal.SIGKILL)
 
@@ -139,6 +142,11 @@ def test_a_killed_local_cloud_loses_nothing_acknowledged_and_leaves_nothing_runn
     assert "reaped" in log and str(script_pid) in log
 
     assert boto3.client("s3").get_object(Bucket="crash-bucket", Key="kept.txt")["Body"].read() == b"acknowledged by S3"
+    parts = {"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]}  # the upload id given before the crash still works
+    boto3.client("s3").complete_multipart_upload(
+        Bucket="crash-bucket", Key="in-parts.bin", UploadId=upload, MultipartUpload=parts
+    )
+    assert boto3.client("s3").get_object(Bucket="crash-bucket", Key="in-parts.bin")["Body"].read() == b"p" * 1024
     queue = boto3.client("sqs").get_queue_url(QueueName="crash-queue")["QueueUrl"]
     messages = boto3.client("sqs").receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
     assert [(m["Body"], m["MessageId"]) for m in messages] == [("acknowledged by SQS", sent["MessageId"])]
@@ -155,3 +163,43 @@ def test_a_killed_local_cloud_loses_nothing_acknowledged_and_leaves_nothing_runn
     assert description["FailureReason"] == "the local cloud stopped while the job ran"
     (sends,) = [line for line in costs(restarted) if line["action"] == "SendMessage"]
     assert sends["quantity"] == 2  # the meter's last lines survived too
+
+
+@pytest.mark.skipif(not HAS_NODE, reason="Node.js is not installed (Azurite is the child this test leaves behind)")
+def test_labcloud_down_after_a_crash_stops_what_the_dead_run_left(state):
+    info = control.start(state)
+    azurite = wait_for(
+        lambda: [p for p in recorded_children(state) if "azurite" in " ".join(p.cmdline())], what="Azurite to start"
+    )
+    server = psutil.Process(info.pid)
+    os.kill(info.pid, signal.SIGKILL)
+    server.wait(timeout=10)
+    assert control.stop(state) is False  # no local cloud was running...
+    assert psutil.wait_procs(azurite, timeout=5)[1] == []  # ...but what it left is stopped
+    assert not (state / "children.json").exists()
+
+
+def test_a_journal_record_is_replayed_once_and_a_record_cut_short_is_ignored(state):
+    info = control.start(state)
+    labcloud.connect("local")
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName="once-queue")["QueueUrl"]
+    sqs.send_message(QueueUrl=queue, MessageBody="exactly once")
+    os.kill(info.pid, signal.SIGKILL)
+    psutil.Process(info.pid).wait(timeout=10)
+
+    journal = state / "aws" / "journal.bin"
+    before_restart = journal.read_bytes()
+    with journal.open("ab") as torn:  # a record whose write the kill cut short: its answer never went back
+        torn.write(struct.pack(">QQ", 500, 0) + b"half a record")
+    control.start(state)
+    assert "cut short" in StateDir(state).log_tail(100)
+    control.stop(state)  # an orderly stop: the snapshots now cover every record, and the journal is empty
+    journal.write_bytes(before_restart)  # as if the crash had come between writing the snapshots and the truncation
+
+    control.start(state)
+    labcloud.connect("local")
+    attributes = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"]
+    )
+    assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "1"

@@ -47,6 +47,7 @@ from moto.moto_api._internal import mock_random
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.bin"
+REWRITE_BYTES = 64 * 2**20  # while a service's snapshot fails: past this, the others' records are dropped from the file
 _HEADER = struct.Struct(">QQ")  # the lengths of the record's pickled entry (without its body) and of its body
 _NOT_JOURNALED_HEADERS = ("HTTP_X_AMZ_SECURITY_TOKEN",)  # a session token never goes to disk
 _UPLOAD_ID = re.compile(rb"<UploadId>([^<]+)</UploadId>")
@@ -183,6 +184,10 @@ class MotoJournal:
         behind = {s for s in self._services if snapshot_seqs.get(s, 0) < self.last_seq}
         if not behind:
             self._truncate()
+            return
+        # A service whose snapshot failed keeps its records. The others' are skipped at replay by their seq, so
+        # the file is only rewritten without them once it is large.
+        if self._fd is None or os.fstat(self._fd).st_size < REWRITE_BYTES:
             return
         kept = [e for e in self.entries() if e.seq > snapshot_seqs.get(e.service, 0)]
         self._truncate()
