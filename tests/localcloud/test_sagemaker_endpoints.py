@@ -7,9 +7,7 @@ import json
 import os
 import re
 import shutil
-import tarfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -17,14 +15,23 @@ import boto3
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
+from sagemaker_models import (
+    CODE,
+    PYTORCH_IMAGE,
+    ROLE,
+    create_model,
+    gone,
+    linear_weights,
+    meter_lines,
+    model_server_pids,
+    unique,
+    upload_model,
+)
 
 import labcloud
 from labcloud.connect import local_environment
 from labcloud.localcloud import control
 
-CODE = Path(__file__).parent / "inference_code"
-ROLE = "arn:aws:iam::123456789012:role/SageMakerExecutionRole"
-PYTORCH_IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.1.0-cpu-py310"
 G4DN_INFERENCE_USD_PER_HOUR = 0.736  # shared/labcloud/pricing/instances.yaml, sagemaker-inference:ml.g4dn.xlarge
 
 
@@ -46,43 +53,8 @@ def bucket(aws):
     return name
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def upload_model(s3, bucket: str, files: dict[str, bytes], code: Path | None = None) -> str:
-    """A model.tar.gz with `files` (and `code` as code/), uploaded; its S3 URL."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        if code is not None:
-            tar.add(code, arcname="code")
-    key = f"{uuid.uuid4().hex[:8]}/model.tar.gz"
-    s3.put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
-    return f"s3://{bucket}/{key}"
-
-
-def linear_weights(name: str, weights: list[float], bias: float) -> dict[str, bytes]:
-    return {"weights.json": json.dumps({"name": name, "weights": weights, "bias": bias}).encode()}
-
-
 def create_linear_model(sm, s3, bucket: str, name: str, weights: list[float], bias: float) -> str:
-    """A model as boto3 users create it: the archive holds code/inference.py, the environment names it."""
-    url = upload_model(s3, bucket, linear_weights(name, weights, bias), code=CODE / "linear")
-    model_name = unique(name)
-    sm.create_model(
-        ModelName=model_name,
-        ExecutionRoleArn=ROLE,
-        PrimaryContainer={
-            "Image": PYTORCH_IMAGE,
-            "ModelDataUrl": url,
-            "Environment": {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"},
-        },
-    )
-    return model_name
+    return create_model(sm, s3, bucket, name, linear_weights(name, weights, bias), CODE / "linear")
 
 
 def wait_status(sm, endpoint: str, timeout: float = 30.0) -> dict:
@@ -98,36 +70,7 @@ def wait_status(sm, endpoint: str, timeout: float = 30.0) -> dict:
 
 def server_pids(endpoint: str, variant: str | None = None) -> set[int]:
     """The model-server processes of an endpoint, found by their command lines."""
-    pids = set()
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes().decode().split("\0")
-        except OSError:
-            continue
-        if not any(a.endswith("model_server.py") for a in args) or "--endpoint" not in args:
-            continue
-        if args[args.index("--endpoint") + 1] == endpoint and (
-            variant is None or args[args.index("--variant") + 1] == variant
-        ):
-            pids.add(int(cmdline.parent.name))
-    return pids
-
-
-def gone(pids: set[int]) -> bool:
-    return not any(Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in pids)
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return "Z"
-
-
-def meter_lines() -> list[dict]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"{control.status().url}/_labcloud/costs", timeout=5) as response:
-        return json.load(response)["lines"]
+    return model_server_pids(endpoint=endpoint, **({"variant": variant} if variant else {}))
 
 
 def invoke(runtime, endpoint: str, payload, **kwargs) -> tuple[dict, str]:

@@ -20,13 +20,14 @@ says InService at once, has no UpdateEndpoint, and its InvokeEndpoint answers a 
   scale-in, update, shutdown). GPU instance types are simulated: a g4dn runs on this machine's CPU.
 - Restart: endpoints are kept as JSON records; those that were serving are started again (SystemUpdating, then
   InService) when the local cloud comes back.
+
+Model files, model-server processes, their logs and the instance-hour meter are `sagemaker_hosting`'s, shared
+with batch transform jobs.
 """
 
 from __future__ import annotations
 
 import base64
-import collections
-import contextlib
 import datetime as dt
 import itertools
 import json
@@ -34,10 +35,6 @@ import logging
 import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
-import tarfile
 import threading
 import time
 import uuid
@@ -47,30 +44,32 @@ from pathlib import Path
 import urllib3
 from moto.sagemaker.utils import arn_formatter
 
-from ....pricing.catalog import UnknownInstanceType
-from ....runtime import model_server
 from ..context import ACCOUNT_ID, AwsContext, json_response, read_json
 from ..errors import Response, aws_error
 from ..requests import AwsRequest, read_body
+from .sagemaker_hosting import (
+    Clients,
+    DeploymentAborted,
+    DeploymentFailed,
+    Instance,
+    LogShipper,
+    ServerDown,
+    ServerLaunch,
+    meter_instance_hours,
+    prepare_model,
+    primary_container,
+    spawn_model_server,
+    stop_processes,
+    wait_until_ready,
+)
 
 log = logging.getLogger(__name__)
 
 SERVING = ("InService", "Updating")  # an endpoint being updated keeps serving its current config
 RESTARTABLE = ("InService", "Updating", "SystemUpdating", "Creating")
 STARTUP_TIMEOUT_S = 300.0  # when a variant sets no ContainerStartupHealthCheckTimeoutInSeconds
-INVOCATION_TIMEOUT_S = 60.0  # sagemaker-runtime's limit for a model's answer
 FLUSH_INTERVAL_S = 1.0
-LOG_TAIL_LINES = 20
 FAILURE_REASON_MAX = 1024  # DescribeEndpoint's limit
-LOCAL_MODEL_DIR = "/opt/ml/model"  # where the container would have the model; ours is a folder of the records
-
-
-class DeploymentFailed(Exception):
-    """An instance did not come up; the message is the endpoint's FailureReason."""
-
-
-class DeploymentAborted(Exception):
-    """The endpoint was deleted, or the local cloud is stopping, while instances were starting."""
 
 
 # --- what runs ------------------------------------------------------------------------------------------------
@@ -90,7 +89,7 @@ class VariantSpec:
 
     @classmethod
     def from_config(cls, variant: dict, model) -> VariantSpec:
-        container = dict(model.primary_container or (model.containers or [{}])[0])
+        container = primary_container(model)
         serverless = variant.get("ServerlessConfig")
         return cls(
             name=variant["VariantName"],
@@ -101,35 +100,6 @@ class VariantSpec:
             container=container,
             startup_timeout_s=float(variant.get("ContainerStartupHealthCheckTimeoutInSeconds") or STARTUP_TIMEOUT_S),
         )
-
-
-@dataclass(eq=False)  # hashed by identity: an endpoint keeps a set of the instances still starting
-class Instance:
-    """One model-server process of a variant."""
-
-    id: str
-    process: subprocess.Popen
-    port_file: Path
-    log_stream: str
-    started_at: float = field(default_factory=time.time)
-    tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
-    reader: threading.Thread | None = None
-    pool: urllib3.HTTPConnectionPool | None = None
-
-    def connect(self, port: int) -> None:
-        self.pool = urllib3.HTTPConnectionPool(
-            "127.0.0.1",
-            port,
-            maxsize=16,
-            block=False,
-            retries=False,
-            timeout=urllib3.Timeout(connect=2.0, read=INVOCATION_TIMEOUT_S),
-        )
-
-    def log_tail(self) -> str:
-        if self.reader is not None:
-            self.reader.join(timeout=2)  # the process has exited: its last lines are on their way
-        return "\n".join(self.tail)
 
 
 @dataclass
@@ -302,45 +272,6 @@ class CaptureWriter:
                 log.warning("data capture to s3://%s/%s failed: %s", bucket, folder, exc)
 
 
-# --- logs -----------------------------------------------------------------------------------------------------
-
-
-class LogShipper:
-    """Model-server output to CloudWatch Logs, one stream per instance, sent in batches."""
-
-    def __init__(self, client):
-        self._client = client  # (service, region) -> a boto3 client of the local cloud
-        self._lock = threading.Lock()
-        self._pending: dict[tuple[str, str, str], list[dict]] = {}
-
-    def open_stream(self, region: str, group: str, stream: str) -> None:
-        logs = self._client("logs", region)
-        with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
-            logs.create_log_group(logGroupName=group)
-        logs.create_log_stream(logGroupName=group, logStreamName=stream)
-
-    def follow(self, instance: Instance, region: str, group: str) -> None:
-        """Read the instance's output until it exits (on a thread of its own)."""
-        key = (region, group, instance.log_stream)
-        for raw in iter(instance.process.stdout.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            instance.tail.append(line)
-            if not line.strip():
-                continue  # CloudWatch Logs refuses empty events
-            with self._lock:
-                self._pending.setdefault(key, []).append({"timestamp": int(time.time() * 1000), "message": line})
-        instance.process.stdout.close()
-
-    def flush(self) -> None:
-        with self._lock:
-            pending, self._pending = self._pending, {}
-        for (region, group, stream), events in pending.items():
-            try:
-                self._client("logs", region).put_log_events(logGroupName=group, logStreamName=stream, logEvents=events)
-            except Exception as exc:
-                log.warning("could not ship %d log line(s) to %s %s: %s", len(events), group, stream, exc)
-
-
 # --- the service ----------------------------------------------------------------------------------------------
 
 
@@ -350,8 +281,8 @@ class EndpointService:
         self._lock = threading.RLock()  # endpoint lifecycle changes; invocations read without it
         self._endpoints: dict[tuple[str, str], Endpoint] = {}
         self._captures = CaptureWriter()
+        self._client = Clients(context)
         self._logs = LogShipper(self._client)
-        self._clients: dict[tuple[str, str], object] = {}
         self._stopping = threading.Event()
 
     def register(self, gateway) -> None:
@@ -638,36 +569,9 @@ class EndpointService:
         return instances
 
     def _spawn(self, endpoint: Endpoint, spec: VariantSpec, folder: Path, instance_id: str, stream: str) -> Instance:
-        model_dir, code_dir = folder / "model", self._code_dir(spec, folder)
-        port_file = folder / f"{instance_id}.port"
-        port_file.unlink(missing_ok=True)
-        environment = {
-            **os.environ,
-            **self.context.sdk_environment(endpoint.region),
-            **{k: str(v) for k, v in (spec.container.get("Environment") or {}).items()},
-            "SAGEMAKER_SUBMIT_DIRECTORY": str(code_dir),
-            "PYTHONUNBUFFERED": "1",
-        }
-        command = [
-            sys.executable,
-            model_server.__file__,  # as a file: `-m labcloud...` would import the whole local cloud first
-            *("--model-dir", str(model_dir), "--code-dir", str(code_dir), "--port", "0", "--port-file", str(port_file)),
-            *("--endpoint", endpoint.name, "--variant", spec.name, "--instance-id", instance_id),
-        ]
-        process = self.context.children.spawn(
-            command,
-            cwd=model_dir,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        instance = Instance(instance_id, process, port_file, stream)
-        instance.reader = threading.Thread(
-            target=self._logs.follow, args=(instance, endpoint.region, endpoint.log_group), daemon=True
-        )
-        instance.reader.start()
-        return instance
+        labels = ("--endpoint", endpoint.name, "--variant", spec.name)
+        launch = ServerLaunch(endpoint.region, endpoint.log_group, stream, instance_id, labels)
+        return spawn_model_server(self.context, self._logs, spec.container, folder, launch)
 
     def _wait_all(self, endpoint: Endpoint, spec: VariantSpec, instances) -> None:
         deadline = time.monotonic() + spec.startup_timeout_s
@@ -677,26 +581,13 @@ class EndpointService:
                 endpoint.starting.discard(instance)
 
     def _wait_ready(self, endpoint: Endpoint, spec: VariantSpec, instance: Instance, deadline: float) -> None:
-        while True:
-            exit_code = instance.process.poll()
-            if exit_code is not None:
-                if endpoint.deleted or self._stopping.is_set() or exit_code in (-signal.SIGTERM, -signal.SIGKILL):
-                    raise DeploymentAborted(endpoint.name)
-                raise DeploymentFailed(self._failure_reason(endpoint, spec, instance, f"exited with code {exit_code}"))
-            if instance.port_file.exists() and self._pings(instance):
-                return
-            if time.monotonic() > deadline:
-                reason = f"did not answer /ping within {spec.startup_timeout_s:.0f} s"
-                raise DeploymentFailed(self._failure_reason(endpoint, spec, instance, reason))
-            time.sleep(0.01)
+        def aborted() -> bool:
+            return endpoint.deleted or self._stopping.is_set()
 
-    @staticmethod
-    def _pings(instance: Instance) -> bool:
         try:
-            instance.connect(int(instance.port_file.read_text()))
-            return instance.pool.urlopen("GET", "/ping").status == 200
-        except (ValueError, OSError, urllib3.exceptions.HTTPError):
-            return False
+            wait_until_ready(instance, deadline, spec.startup_timeout_s, aborted)
+        except ServerDown as down:
+            raise DeploymentFailed(self._failure_reason(endpoint, spec, instance, str(down))) from None
 
     def _failure_reason(self, endpoint: Endpoint, spec: VariantSpec, instance: Instance, what: str) -> str:
         tail = instance.log_tail()
@@ -715,64 +606,12 @@ class EndpointService:
     # --- model files ----------------------------------------------------------------------------------------
 
     def _prepare_model(self, region: str, spec: VariantSpec, folder: Path) -> None:
-        """Download and extract the model archive (and a separate source archive) into `folder`, once."""
-        done = folder / ".prepared"
-        if done.exists():
-            return
-        folder.mkdir(parents=True, exist_ok=True)
-        model_dir = folder / "model"
-        model_dir.mkdir(exist_ok=True)
-        source = spec.container.get("ModelDataSource", {}).get("S3DataSource", {})
-        url = spec.container.get("ModelDataUrl") or source.get("S3Uri")
-        if url:
-            compressed = source.get("CompressionType", "Gzip") != "None" if source else True
-            self._download(region, url, model_dir, compressed, what="model data")
-        submit = (spec.container.get("Environment") or {}).get("SAGEMAKER_SUBMIT_DIRECTORY", "")
-        if submit.startswith("s3://"):
-            self._download(region, submit, folder / "code", compressed=True, what="source code")
-        done.touch()
-
-    def _download(self, region: str, url: str, into: Path, compressed: bool, what: str) -> None:
-        bucket, _, key = url.removeprefix("s3://").partition("/")
-        s3 = self._client("s3", region)
-        try:
-            if compressed:
-                archive = into.parent / f"{into.name}.tar.gz"
-                s3.download_file(bucket, key, str(archive))
-                with tarfile.open(archive) as tar:
-                    tar.extractall(into, filter="data")
-                archive.unlink()
-            else:  # an uncompressed model: every object under the prefix
-                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-                    for item in page.get("Contents", []):
-                        target = into / item["Key"][len(key) :].lstrip("/")
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        s3.download_file(bucket, item["Key"], str(target))
-        except Exception as exc:
-            raise DeploymentFailed(
-                f'Failed to download {what} from URL "{url}": {exc}. Please ensure that there is an object '
-                "located at the URL and that it is a tar.gz archive."
-            ) from exc
-
-    @staticmethod
-    def _code_dir(spec: VariantSpec, folder: Path) -> Path:
-        submit = (spec.container.get("Environment") or {}).get("SAGEMAKER_SUBMIT_DIRECTORY", "")
-        if submit.startswith("s3://"):
-            return folder / "code"
-        if submit.startswith(LOCAL_MODEL_DIR):
-            return folder / "model" / submit[len(LOCAL_MODEL_DIR) :].lstrip("/")
-        return folder / "model" / "code"
+        prepare_model(self._client("s3", region), spec.container, folder)
 
     # --- stopping and metering ------------------------------------------------------------------------------
 
     def _stop_processes(self, instances) -> None:
-        for instance in instances:  # all at once, then wait for each
-            if instance.process.poll() is None:
-                instance.process.terminate()
-        for instance in instances:
-            self.context.children.stop(instance.process)
-            if instance.pool is not None:
-                instance.pool.close()
+        stop_processes(self.context, instances)
 
     def _stop_instances(self, endpoint: Endpoint, variant: Variant, instances) -> None:
         self._stop_processes(instances)
@@ -784,20 +623,12 @@ class EndpointService:
         instance_type = variant.spec.instance_type
         if not instances or instance_type is None:  # serverless variants are billed per request: not metered here
             return
-        try:
-            instance = self.context.catalog.get(instance_type, service="sagemaker-inference")
-            usd, price_key = hours * instance.hourly(), instance.id
-        except UnknownInstanceType:
-            log.warning("%s is not in the instance catalog: its endpoint hours are metered at $0", instance_type)
-            usd, price_key = 0.0, f"sagemaker-inference:{instance_type}"
-        self.context.meter(
-            service="sagemaker",
+        meter_instance_hours(
+            self.context,
+            instance_type=instance_type,
+            hours=hours,
             action="Endpoint",
             resource=f"{endpoint.name}/{variant.spec.name}",
-            quantity=hours,
-            unit="instance-hour",
-            usd=usd,
-            price_key=price_key,
         )
 
     # --- moto's record, our record --------------------------------------------------------------------------
@@ -842,12 +673,6 @@ class EndpointService:
 
     def _record_path(self, endpoint: Endpoint) -> Path:
         return self._folder(endpoint) / "endpoint.json"
-
-    def _client(self, service: str, region: str):
-        key = (service, region)
-        if key not in self._clients:
-            self._clients[key] = self.context.client(service, region)
-        return self._clients[key]
 
     def _put_with_client(self, region: str, bucket: str, key: str, body: bytes) -> None:
         self._client("s3", region).put_object(Bucket=bucket, Key=key, Body=body)
