@@ -1,4 +1,5 @@
-"""One instance of a SageMaker endpoint: the learner's inference script served under the inference toolkit's contract.
+"""One instance of a SageMaker endpoint or batch transform job: the learner's inference script served under the
+inference toolkit's contract.
 
     python -m labcloud.runtime.model_server --model-dir DIR [--code-dir DIR] [--program inference.py]
                                             [--port 0] [--port-file FILE]
@@ -295,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     # Named only so that `ps` tells the instances apart.
     parser.add_argument("--endpoint", default="")
     parser.add_argument("--variant", default="")
+    parser.add_argument("--transform-job", default="")
     parser.add_argument("--instance-id", default="")
     args = parser.parse_args(argv)
 
