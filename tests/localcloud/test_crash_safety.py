@@ -1,14 +1,18 @@
 """A local cloud killed with SIGKILL right after its acknowledgements: nothing acknowledged is lost, the children it
 left are reaped at the next start, and the training job that was running is Failed with the reason — through the
-real SDKs (boto3, the SageMaker SDK, google-cloud-storage, google-cloud-bigquery, azure-storage-blob)."""
+real SDKs (boto3, the SageMaker SDK, google-cloud-storage, google-cloud-bigquery, azure-storage-blob). Also: a
+journal record is replayed once, `labcloud down` after a crash stops what was left, and SageMaker endpoints being
+created or updated at the crash end Failed or rolled back."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import signal
 import struct
+import tarfile
 import time
 import urllib.request
 import uuid
@@ -203,3 +207,76 @@ def test_a_journal_record_is_replayed_once_and_a_record_cut_short_is_ignored(sta
         QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"]
     )
     assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "1"
+
+
+SLOW_MODEL = """
+import time
+
+
+def model_fn(model_dir):
+    time.sleep(600)  # the endpoint stays Creating (or Updating) while this loads
+"""
+
+
+def endpoint_model(sm, s3, bucket: str, name: str, code: Path) -> str:
+    """A model whose archive holds `code` as code/ (the inference toolkit's layout); its name."""
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        weights = json.dumps({"name": name, "weights": [1.0], "bias": 0.0}).encode()
+        info = tarfile.TarInfo("weights.json")
+        info.size = len(weights)
+        tar.addfile(info, io.BytesIO(weights))
+        tar.add(code, arcname="code")
+    s3.put_object(Bucket=bucket, Key=f"{name}/model.tar.gz", Body=archive.getvalue())
+    sm.create_model(
+        ModelName=name,
+        ExecutionRoleArn="arn:aws:iam::123456789012:role/SageMakerExecutionRole",
+        PrimaryContainer={
+            "Image": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.1.0-cpu-py310",
+            "ModelDataUrl": f"s3://{bucket}/{name}/model.tar.gz",
+            "Environment": {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"},
+        },
+    )
+    variant = {"VariantName": "main", "ModelName": name, "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}
+    sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant])
+    return name
+
+
+def endpoint_status(sm, name: str, leaving: tuple[str, ...]) -> dict:
+    return wait_for(
+        lambda: (d := sm.describe_endpoint(EndpointName=name))["EndpointStatus"] not in leaving and d,
+        what=f"{name} to leave {leaving}",
+    )
+
+
+def test_endpoints_being_created_fail_and_one_being_updated_rolls_back_after_a_crash(state, tmp_path):
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "inference.py").write_text(SLOW_MODEL)
+    info = control.start(state)
+    labcloud.connect("local")
+    sm, s3 = boto3.client("sagemaker"), boto3.client("s3")
+    s3.create_bucket(Bucket="crash-models")
+    linear = endpoint_model(sm, s3, "crash-models", "linear", Path(__file__).parent / "inference_code" / "linear")
+    endpoint_model(sm, s3, "crash-models", "slow", slow)
+    sm.create_endpoint(EndpointName="serving", EndpointConfigName=linear)
+    assert endpoint_status(sm, "serving", ("Creating",))["EndpointStatus"] == "InService"
+    sm.update_endpoint(EndpointName="serving", EndpointConfigName="slow")
+    sm.create_endpoint(EndpointName="being-created", EndpointConfigName="slow")
+    assert sm.describe_endpoint(EndpointName="being-created")["EndpointStatus"] == "Creating"
+    assert sm.describe_endpoint(EndpointName="serving")["EndpointStatus"] == "Updating"
+    os.kill(info.pid, signal.SIGKILL)
+
+    control.start(state)
+    labcloud.connect("local")
+    sm = boto3.client("sagemaker")
+    created = sm.describe_endpoint(EndpointName="being-created")
+    assert created["EndpointStatus"] == "Failed"
+    assert created["FailureReason"] == "the local cloud stopped while the endpoint was being created"
+    updated = endpoint_status(sm, "serving", ("SystemUpdating", "Updating"))
+    assert updated["EndpointStatus"] == "InService" and updated["EndpointConfigName"] == linear
+    assert updated["FailureReason"].startswith("the local cloud stopped while the endpoint was updating")
+    answer = boto3.client("sagemaker-runtime").invoke_endpoint(
+        EndpointName="serving", Body=json.dumps({"inputs": [2.0]}), ContentType="application/json"
+    )
+    assert json.loads(answer["Body"].read())["model"] == "linear"  # the configuration it had before the update

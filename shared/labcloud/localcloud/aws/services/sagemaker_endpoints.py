@@ -18,8 +18,11 @@ says InService at once, has no UpdateEndpoint, and its InvokeEndpoint answers a 
   <DestinationS3Uri>/<endpoint>/<variant>/yyyy/mm/dd/hh/, flushed every second and at delete.
 - The meter: instance-hours per variant at the real-time inference price, added when instances stop (delete,
   scale-in, update, shutdown). GPU instance types are simulated: a g4dn runs on this machine's CPU.
-- Restart: endpoints are kept as JSON records; those that were serving are started again (SystemUpdating, then
-  InService) when the local cloud comes back.
+- Restart: endpoints are kept as JSON records; those that were serving (InService) are started again
+  (SystemUpdating, then InService) when the local cloud comes back, after `labcloud down` as after a crash. One
+  that was being created is Failed, FailureReason "the local cloud stopped while the endpoint was being created";
+  one that was being updated is started again on the configuration it served, as SageMaker rolls back a failed
+  update, with the reason in FailureReason (`CloudContext.on_interrupted`).
 
 Model files, model-server processes, their logs and the instance-hour meter are `sagemaker_hosting`'s, shared
 with batch transform jobs.
@@ -296,6 +299,7 @@ class EndpointService:
             gateway.intercept("sagemaker", action, handler)
         self.context.on_started(self._started)
         self.context.on_shutdown(self._shutdown)
+        self.context.on_interrupted("SageMaker endpoints", self._end_interrupted)
 
     # --- API handlers ---------------------------------------------------------------------------------------
 
@@ -662,11 +666,7 @@ class EndpointService:
                 fake.data_capture_config = endpoint.capture.summary() if endpoint.capture else None
                 fake.last_modified_time = utcnow()
         self.context.mark_dirty("sagemaker")
-        path = self._record_path(endpoint)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(endpoint.record(), indent=1))
-        os.replace(tmp, path)
+        _write_record(self._record_path(endpoint), endpoint.record())
 
     def _folder(self, endpoint: Endpoint) -> Path:
         return self.context.records("endpoints") / endpoint.region / endpoint.name
@@ -684,6 +684,23 @@ class EndpointService:
         self.context.mark_dirty("s3")
 
     # --- the local cloud's start and stop -------------------------------------------------------------------
+
+    def _end_interrupted(self, reason: str) -> list[str]:
+        """Before the restart below: Failed, an endpoint that was being created; with a FailureReason, one that was
+        being updated (its record still holds the configuration it served). The names of both."""
+        ended = []
+        rolled_back = f"{reason} while the endpoint was updating: it serves the configuration it had before"
+        for path in sorted(self.context.records("endpoints").glob("*/*/endpoint.json")):
+            record = json.loads(path.read_text())
+            if record["status"] == "Creating":
+                record.update(status="Failed", failure_reason=f"{reason} while the endpoint was being created")
+            elif record["status"] == "Updating":
+                record["failure_reason"] = rolled_back
+            else:
+                continue
+            _write_record(path, record)
+            ended.append(record["name"])
+        return ended
 
     def _started(self) -> None:
         self.context.in_background(self._flush_every_second, "endpoint-flusher")
@@ -715,6 +732,8 @@ class EndpointService:
             endpoint.status = "Creating" if endpoint.status == "Creating" else "SystemUpdating"
             self._commit(endpoint)
             self.context.in_background(self._create, f"endpoint-{endpoint.name}", endpoint)
+        else:
+            self._commit(endpoint)  # moto's may say otherwise: an older snapshot, a create replayed from the journal
 
     def _flush_every_second(self) -> None:
         while not self._stopping.wait(FLUSH_INTERVAL_S):
@@ -735,6 +754,13 @@ class EndpointService:
             for variant in endpoint.variants.values():
                 self._meter(endpoint, variant, variant.instances, until=now)
         self._captures.flush(self._put_into_moto)
+
+
+def _write_record(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
 
 
 def _params(environ: dict) -> dict:
