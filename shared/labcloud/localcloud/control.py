@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from ..paths import state_home
+from .processes import reap_left_behind
 from .server import DEFAULT_PORT
 from .state import ServerInfo, StateDir
 
@@ -118,11 +119,13 @@ def scratch_cloud(prefix: str = "labcloud-scratch-"):
 
 
 def stop(state_dir: Path | None = None, timeout: float = 15.0) -> bool:
-    """Stop the local cloud and all its children, saving its state first. False when none was running."""
+    """Stop the local cloud and all its children, saving its state first. False when none was running (what a
+    crashed one left running is stopped then)."""
     state = StateDir(state_dir or state_home())
     info = state.read_info()
     if info is None or not _alive(info.pid):
         state.clear_info()
+        reap_left_behind(state.path)
         return False
     _kill_group(info.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout

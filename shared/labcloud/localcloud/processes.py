@@ -27,6 +27,7 @@ import psutil
 
 log = logging.getLogger(__name__)
 
+CHILDREN_FILE = "children.json"
 REAP_GRACE_S = 10.0  # Azurite takes a few seconds to save and close
 _SAME_START_S = 0.05  # psutil's start times of one process agree far closer than this
 
@@ -55,15 +56,16 @@ def _state(pid: int, started: float) -> str:
 class ChildRecords:
     """`children.json`: this run's server and the children it started, for the next start to reap after a crash."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, state_dir: Path):
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / CHILDREN_FILE
         self._lock = threading.Lock()
         self._children: dict[int, dict] = {}
         self._server = {"pid": os.getpid(), "started": _start_time(os.getpid())}
 
     def reap_previous(self) -> list[str]:
         """Stop what the previous run left running; then this run's record starts. What was reaped, in words."""
-        reaped = reap(self._read_previous())
+        reaped = reap_left_behind(self.state_dir)
         with self._lock:
             self._write()
         return reaped
@@ -87,15 +89,6 @@ class ChildRecords:
             self._children.clear()
             self.path.unlink(missing_ok=True)
 
-    def _read_previous(self) -> dict:
-        try:
-            return json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError):
-            log.warning("%s is unreadable: no process of the previous run is reaped", self.path)
-            return {}
-
     def _write(self) -> None:
         data = {"server": self._server, "children": {str(pid): record for pid, record in self._children.items()}}
         tmp = self.path.with_suffix(".tmp")
@@ -103,8 +96,16 @@ class ChildRecords:
         os.replace(tmp, self.path)
 
 
-def reap(previous: dict, grace_s: float = REAP_GRACE_S) -> list[str]:
-    """Stop the processes a previous run recorded (see the module docstring); what was stopped, in words."""
+def reap_left_behind(state_dir: Path) -> list[str]:
+    """Stop what a dead local cloud of `state_dir` left running (at the next start, or `labcloud down`)."""
+    path = Path(state_dir) / CHILDREN_FILE
+    try:
+        previous = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError):
+        log.warning("%s is unreadable: no process of the previous run is reaped", path)
+        return []
     server = previous.get("server") or {}
     if not server.get("pid") or server.get("started") is None:
         return []
@@ -113,7 +114,13 @@ def reap(previous: dict, grace_s: float = REAP_GRACE_S) -> list[str]:
         log.warning("the previous local cloud (pid %s) still runs: its processes are left alone", server["pid"])
         return []
     # Its process group is known to be its own unless its pid (the group's id) has gone to another process.
-    orphans = _orphans(server, previous.get("children") or {}, group_is_its_own=server_state == "exited")
+    reaped = _reap(_orphans(server, previous.get("children") or {}, group_is_its_own=server_state == "exited"))
+    path.unlink(missing_ok=True)  # nothing of that run is left to look for
+    return reaped
+
+
+def _reap(orphans: list[psutil.Process], grace_s: float = REAP_GRACE_S) -> list[str]:
+    """SIGTERM, and SIGKILL for those still running after `grace_s`; what was stopped, in words."""
     if not orphans:
         return []
     described = [f"pid {p.pid} ({_command(p)})" for p in orphans]

@@ -65,7 +65,7 @@ class LocalCloud:
         self.state = StateDir(state_dir)
         self.state.path.mkdir(parents=True, exist_ok=True)
         self.host, self.port, self.strict_port = host, port, strict_port
-        self.children = ChildRecords(self.state.path / "children.json")  # every cloud's children, for a reap
+        self.children = ChildRecords(self.state.path)  # every cloud's children, for a reap
         self._moto_lock = threading.RLock()
         self.snapshots = MotoSnapshots(self.state.sub("aws"), self._moto_lock)
         self.ledger = CostLedger(self.state.path / "costs.json")
