@@ -143,6 +143,75 @@ def test_load_from_cloud_storage_parquet(client, dataset):
     assert [r["total"] for r in rows] == [3.0]
 
 
+def test_load_table_from_json_with_a_schema_appends_and_autodetects(client, dataset):
+    schema = [
+        bigquery.SchemaField("name", "STRING"),
+        bigquery.SchemaField("score", "FLOAT"),
+        bigquery.SchemaField("visits", "INTEGER"),
+        bigquery.SchemaField("seen", "TIMESTAMP"),
+        bigquery.SchemaField("tags", "STRING", mode="REPEATED"),
+    ]
+    rows = [
+        {"name": "ada", "score": 1.5, "visits": 2, "seen": "2024-01-02T03:04:05Z", "tags": ["x", "y"]},
+        {"name": "bob", "score": None, "visits": 3, "tags": []},  # a missing key is NULL, as in BigQuery
+    ]
+    job = client.load_table_from_json(rows, f"{dataset}.people", job_config=bigquery.LoadJobConfig(schema=schema))
+    assert job.result().output_rows == 2
+    table = client.get_table(f"{dataset}.people")
+    assert [(f.name, f.field_type, f.mode) for f in table.schema] == [
+        ("name", "STRING", "NULLABLE"),
+        ("score", "FLOAT", "NULLABLE"),
+        ("visits", "INTEGER", "NULLABLE"),
+        ("seen", "TIMESTAMP", "NULLABLE"),
+        ("tags", "STRING", "REPEATED"),
+    ]
+    ada, bob = sorted(client.list_rows(table), key=lambda r: r["name"])
+    assert (ada["score"], ada["visits"], ada["tags"]) == (1.5, 2, ["x", "y"])
+    assert ada["seen"] == dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    assert (bob["score"], bob["seen"], bob["tags"]) == (None, None, [])
+
+    # Into the existing table (its schema, keys in any order), then a new table with the schema detected.
+    client.load_table_from_json([{"visits": 9, "name": "cy"}], f"{dataset}.people").result()
+    assert client.get_table(f"{dataset}.people").num_rows == 3
+    assert [r["visits"] for r in client.query(f"SELECT visits FROM {dataset}.people WHERE name = 'cy'")] == [9]
+    detected = client.load_table_from_json([{"id": 1, "ok": True}, {"id": 2, "ok": False}], f"{dataset}.flags")
+    detected.result()
+    fields = {(f.name, f.field_type) for f in client.get_table(f"{dataset}.flags").schema}
+    assert fields == {("id", "INTEGER"), ("ok", "BOOLEAN")}
+
+    with pytest.raises(BadRequest, match="Error while reading data"):
+        client.load_table_from_json([{"visits": "many"}], f"{dataset}.people").result()
+
+
+def test_a_querys_anonymous_destination_table_can_be_read(client, dataset):
+    job = client.query("SELECT n, n * 2 AS twice FROM UNNEST(GENERATE_ARRAY(1, 25)) AS n ORDER BY n")
+    job.result()
+    destination = job.destination
+    assert destination.dataset_id.startswith("_") and destination.table_id.startswith("anon")
+    table = client.get_table(destination)
+    assert [(f.name, f.field_type) for f in table.schema] == [("n", "INTEGER"), ("twice", "INTEGER")]
+    assert table.num_rows == 25 and table.expires > table.created
+    rows = client.list_rows(destination, page_size=10)
+    assert [(r["n"], r["twice"]) for r in rows] == [(n, 2 * n) for n in range(1, 26)]
+    assert [r["n"] for r in client.list_rows(table, start_index=20)] == [21, 22, 23, 24, 25]
+    assert client.get_dataset(destination.dataset_id).dataset_id == destination.dataset_id
+
+    # Hidden, as on BigQuery: datasets.list shows it only when asked for all.
+    assert destination.dataset_id not in [d.dataset_id for d in client.list_datasets()]
+    assert destination.dataset_id in [d.dataset_id for d in client.list_datasets(include_all=True)]
+    other = client.query("SELECT 'x' AS s")
+    other.result()
+    assert other.destination.table_id != destination.table_id  # one anonymous table per query
+    assert [r["s"] for r in client.list_rows(other.destination)] == ["x"]
+
+    client.delete_table(destination)
+    with pytest.raises(NotFound):
+        client.get_table(destination)
+    ddl = client.query(f"CREATE TABLE {dataset}.t AS SELECT 1 AS x")
+    ddl.result()
+    assert ddl.destination is None  # a statement without a result has no anonymous table
+
+
 def test_tables_persist_across_a_restart(own_cloud, tmp_path, saved_environment):
     from labcloud.localcloud import control
 

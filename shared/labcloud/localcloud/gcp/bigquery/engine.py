@@ -210,17 +210,16 @@ class Engine:
         return total
 
     def load(self, dataset, table, paths, source_format, skip_rows, write_disposition, fields) -> int:
-        """Append (or replace, WRITE_TRUNCATE) a table's rows from CSV or Parquet files; the number of rows read."""
+        """Append (or replace, WRITE_TRUNCATE) a table's rows from CSV, newline-delimited JSON or Parquet files; the
+        number of rows read. CSV and JSON columns take the job's schema, else the existing table's, else DuckDB's
+        detection (BigQuery's `autodetect`)."""
         self.require_dataset(dataset)
-        files = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
-        if source_format.upper() == "PARQUET":
-            source = f"read_parquet({files})"
-        else:
-            source = f"read_csv({files}, header={'true' if skip_rows else 'false'}, skip={max(skip_rows - 1, 0)})"
         exists = table in self.tables(dataset)
         if fields and not exists:
             self.create_table(dataset, table, fields)
             exists = True
+        columns = fields or (self.schema(dataset, table) if exists else None)
+        source = _load_source(paths, source_format, skip_rows, columns)
         with self.lock:
             try:
                 count = self.db.execute(f"SELECT count(*) FROM {source}").fetchone()[0]
@@ -303,6 +302,29 @@ class Engine:
             raise BigQueryError(400, f"ML.{call.function}: {error}", "invalidQuery") from None
         self.db.register(call.view, result)
         return call.view
+
+
+def _load_source(paths: list[str], source_format: str, skip_rows: int, fields: list[dict] | None) -> str:
+    """The DuckDB table function that reads a load job's files in its sourceFormat."""
+    files = "[" + ", ".join(_literal(p) for p in paths) + "]"
+    kind = source_format.upper()
+    if kind == "PARQUET":
+        return f"read_parquet({files})"
+    # With a schema, values are read as its types and by its column order (a CSV without a header row).
+    columns = (
+        ", columns={" + ", ".join(f"{_literal(f['name'])}: {_literal(duckdb_type(f))}" for f in fields) + "}"
+        if fields
+        else ""
+    )
+    if kind == "NEWLINE_DELIMITED_JSON":
+        return f"read_json({files}, format='newline_delimited'{columns})"
+    if kind != "CSV":
+        raise BigQueryError(400, f"The local cloud does not load sourceFormat {source_format}.", "invalid")
+    return f"read_csv({files}, header={'true' if skip_rows else 'false'}, skip={max(skip_rows - 1, 0)}{columns})"
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _parse(sql: str) -> exp.Expression:

@@ -4,12 +4,18 @@ Datasets, tables, `tabledata.insertAll`/`list`, jobs (query, load through `/uplo
 multipart or resumable uploads, or from `gs://` objects of the local Cloud Storage) and `jobs.query` /
 `jobs.getQueryResults` with paging. The SQL is BigQuery's dialect translated by sqlglot and executed by DuckDB
 (`bigquery/engine.py`). Queries are metered by the bytes they would scan (10 MB minimum per table read).
+
+A query's result is, as on BigQuery, an anonymous table (`job.destination`: table `anon<id>` in the project's
+hidden dataset `_<hex>`) that `tables.get` and `tabledata.list` read. Unlike BigQuery's (kept 24 hours, and
+queryable in SQL), these are kept in memory until the local cloud stops, and SQL cannot read them; hidden
+datasets are left out of `datasets.list` unless it asks for `all`, as on BigQuery.
 """
 
 from __future__ import annotations
 
 import email.parser
 import email.policy
+import hashlib
 import json
 import tempfile
 import threading
@@ -30,6 +36,7 @@ _JOB = _BASE + r"/jobs/(?P<job>[^/]+)"
 _MODEL = _DATASET + r"/models/(?P<model>[^/]+)"
 PAGE_ROWS = 10_000  # rows per page when the client names no maxResults
 TIB = 1024**4
+ANONYMOUS_TABLE_HOURS = 24  # BigQuery keeps a query's anonymous result table this long
 
 
 def register(gateway, context) -> None:
@@ -81,6 +88,7 @@ class BigQueryApi:
         self.results: dict[str, tuple[list[dict], list]] = {}
         self.uploads: dict[str, dict] = {}
         self.failures: dict[str, BigQueryError] = {}  # job id -> the error of a query job that failed
+        self.anonymous: dict[str, str] = {}  # anonymous result table -> the job whose result it holds
         self.lock = threading.Lock()
 
     # datasets -----------------------------------------------------------------------------------------------
@@ -94,7 +102,11 @@ class BigQueryApi:
 
     def list_datasets(self, request: GcpRequest) -> Response:
         project = request.params["project"]
-        items = [self.dataset_resource(project, d) for d in self.engine.datasets()]
+        every = request.query.get("all", "false").lower() == "true"
+        names = [d for d in self.engine.datasets() if every or not d.startswith("_")]
+        if every and self.anonymous:
+            names.append(anonymous_dataset(project))
+        items = [self.dataset_resource(project, d) for d in names]
         return json_response({"kind": "bigquery#datasetList", "datasets": items})
 
     def create_dataset(self, request: GcpRequest) -> Response:
@@ -106,7 +118,8 @@ class BigQueryApi:
         return json_response(self.dataset_resource(request.params["project"], dataset))
 
     def get_dataset(self, request: GcpRequest) -> Response:
-        self.engine.require_dataset(request.params["dataset"])
+        if request.params["dataset"] != anonymous_dataset(request.params["project"]):
+            self.engine.require_dataset(request.params["dataset"])
         return json_response(self.dataset_resource(request.params["project"], request.params["dataset"]))
 
     def delete_dataset(self, request: GcpRequest) -> Response:
@@ -131,6 +144,29 @@ class BigQueryApi:
             )
         return resource
 
+    def anonymous_result(self, project: str, table: str) -> tuple[list[dict], list]:
+        """The fields and rows of a query's anonymous result table; BigQuery's 404 when there is none."""
+        job_id = self.anonymous.get(table)
+        if job_id is None or job_id not in self.results:
+            raise GoogleError(
+                404,
+                f"Not found: Table {project}:{anonymous_dataset(project)}.{table} was not found in location US",
+                "notFound",
+            )
+        return self.results[job_id]
+
+    def anonymous_table_resource(self, project: str, table: str) -> dict:
+        fields, rows = self.anonymous_result(project, table)
+        created = int(self.jobs[self.anonymous[table]]["statistics"]["creationTime"])
+        resource = self.table_resource(project, anonymous_dataset(project), table, full=False)
+        resource.update(
+            schema={"fields": fields},
+            numRows=str(len(rows)),
+            creationTime=str(created),
+            expirationTime=str(created + ANONYMOUS_TABLE_HOURS * 3600 * 1000),
+        )
+        return resource
+
     def list_tables(self, request: GcpRequest) -> Response:
         project, dataset = request.params["project"], request.params["dataset"]
         self.engine.require_dataset(dataset)
@@ -145,10 +181,17 @@ class BigQueryApi:
 
     def get_table(self, request: GcpRequest) -> Response:
         p = request.params
+        if p["dataset"] == anonymous_dataset(p["project"]):
+            return json_response(self.anonymous_table_resource(p["project"], p["table"]))
         return json_response(self.table_resource(p["project"], p["dataset"], p["table"]))
 
     def delete_table(self, request: GcpRequest) -> Response:
-        self.engine.delete_table(request.params["dataset"], request.params["table"])
+        p = request.params
+        if p["dataset"] == anonymous_dataset(p["project"]):
+            self.anonymous_result(p["project"], p["table"])  # 404 when unknown
+            self.results.pop(self.anonymous.pop(p["table"]), None)
+            return 204, [], b""
+        self.engine.delete_table(p["dataset"], p["table"])
         return 204, [], b""
 
     def insert_all(self, request: GcpRequest) -> Response:
@@ -159,7 +202,12 @@ class BigQueryApi:
     def list_data(self, request: GcpRequest) -> Response:
         start = int(request.query.get("pageToken") or request.query.get("startIndex") or 0)
         limit = int(request.query.get("maxResults") or PAGE_ROWS)
-        _, rows, total = self.engine.rows(request.params["dataset"], request.params["table"], start, limit)
+        p = request.params
+        if p["dataset"] == anonymous_dataset(p["project"]):
+            fields, found = self.anonymous_result(p["project"], p["table"])
+            rows, total = [encode_row(row, fields) for row in found[start : start + limit]], len(found)
+        else:
+            _, rows, total = self.engine.rows(p["dataset"], p["table"], start, limit)
         body = {"kind": "bigquery#tableDataList", "totalRows": str(total), "rows": rows}
         if start + len(rows) < total:
             body["pageToken"] = str(start + len(rows))
@@ -282,9 +330,12 @@ class BigQueryApi:
             fields, rows = None, []
             job["statistics"]["query"]["numDmlAffectedRows"] = str(affected)
         self.results[job_id] = (fields or [], rows)
-        if fields is not None:
-            destination = {"projectId": job["jobReference"]["projectId"], "datasetId": "_anon", "tableId": "_result"}
-            query.setdefault("destinationTable", destination)
+        if fields is not None and "destinationTable" not in query:
+            project = job["jobReference"]["projectId"]
+            table = f"anon{uuid.uuid4().hex}"
+            self.anonymous[table] = job_id
+            destination = {"projectId": project, "datasetId": anonymous_dataset(project), "tableId": table}
+            query["destinationTable"] = destination
         self.meter_query(billed, job_id)
 
     def run_model_statement(self, statement, job: dict) -> None:
@@ -410,6 +461,11 @@ class BigQueryApi:
     def gcs_path(self, uri: str) -> Path:
         bucket, name = storage_store.parse_gs_url(uri)
         return storage_store.for_context(self.context).object_path(bucket, name)
+
+
+def anonymous_dataset(project: str) -> str:
+    """The hidden dataset that holds a project's anonymous query results (BigQuery names it `_` + 40 hex digits)."""
+    return "_" + hashlib.sha1(project.encode()).hexdigest()
 
 
 def rest_model_type(model_type: str) -> str:
