@@ -98,6 +98,41 @@ def test_a_vertex_training_run_within_budget_runs_and_counts_for_its_timeout(ver
     assert counted.detail == "1 x n1-standard-4 + 1 x n1-standard-4 for up to 0.166667 h"
 
 
+def test_custom_jobs_and_tuning_jobs_over_budget_are_never_sent(vertex, budget, tmp_path):
+    from google.cloud.aiplatform import hyperparameter_tuning as hpt
+
+    (tmp_path / "task.py").write_text("print('trained')\n")
+    cloud = budget(2)
+    hourly = _vertex_hourly("vertex-training", "n1-standard-4", "NVIDIA_TESLA_T4")
+
+    def custom_job():
+        return vertex.CustomJob.from_local_script(
+            display_name=_unique("custom"),
+            script_path=str(tmp_path / "task.py"),
+            container_uri=TRAINING_IMAGE,
+            machine_type="n1-standard-4",
+            accelerator_type="NVIDIA_TESLA_T4",
+            accelerator_count=1,
+        )
+
+    with pytest.raises(BudgetExceeded) as custom:  # 1 T4 machine for the guard's default day: about $14.90
+        custom_job().run()
+    assert (custom.value.action, custom.value.estimate_usd) == ("vertex:CreateCustomJob", pytest.approx(24 * hourly))
+    tuning = vertex.HyperparameterTuningJob(
+        display_name=_unique("tuning"),
+        custom_job=custom_job(),
+        metric_spec={"accuracy": "maximize"},
+        parameter_spec={"lr": hpt.DoubleParameterSpec(min=0.001, max=0.1, scale="log")},
+        max_trial_count=12,
+        parallel_trial_count=3,
+    )
+    with pytest.raises(BudgetExceeded) as tuned:  # 12 trials of up to half an hour: about $3.73
+        tuning.run(timeout=1800)
+    assert tuned.value.action == "vertex:CreateHyperparameterTuningJob"
+    assert tuned.value.estimate_usd == pytest.approx(12 * 0.5 * hourly)
+    assert cloud.guard.allowed == []
+
+
 @pytest.fixture
 def model(vertex, tmp_path):
     """A Vertex model (a scikit-learn tree in the staging bucket) registered on the local cloud."""
