@@ -31,3 +31,15 @@ def aws_error(protocol: str, status: int, code: str, message: str) -> Response:
         f"<Message>{escape(message)}</Message><RequestId>{request_id}</RequestId></Error>"
     )
     return status, [*headers, ("Content-Type", "application/xml")], xml.encode()
+
+
+def not_implemented(protocol: str, operation: str) -> Response:
+    """The answer to an operation the local cloud does not implement, as AWS answers one it does not know: JSON
+    protocols `UnknownOperationException` (400), the query protocol `InvalidAction` (400), REST protocols 501
+    `NotImplemented`. botocore retries none of them (it retries throttling, 500, 502, 503 and 504)."""
+    message = f"The local cloud does not implement {operation}."
+    if protocol == "json":
+        return aws_error(protocol, 400, "UnknownOperationException", message)
+    if protocol == "query":
+        return aws_error(protocol, 400, "InvalidAction", message)
+    return aws_error(protocol, 501, "NotImplemented", message)

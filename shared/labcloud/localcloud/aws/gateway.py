@@ -2,6 +2,8 @@
 
 Later services register handlers with `intercept(service, action, handler)` for the calls they make real
 (training jobs that run, endpoints that serve, Lambdas that cold-start); every other request goes to moto.
+What neither implements (a service moto lacks, an action it has not) gets AWS's answer to an unknown operation
+in the request's protocol, naming it (`unimplemented.py`), not a 500 that botocore would retry.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .errors import Response, aws_error
 from .metering import request_cost
 from .persistence import MotoSnapshots
 from .requests import AwsRequest, classify
+from .unimplemented import MotoCoverage, is_unrouted_answer, unimplemented_answer
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ def has_moto_backend(service: str | None) -> bool:
 class AwsGateway:
     def __init__(self, snapshots: MotoSnapshots, ledger: CostLedger, prices: ServicePrices, lock: threading.RLock):
         self._moto = DomainDispatcherApplication(create_backend_app)
+        self._moto_coverage = MotoCoverage(self._moto)
         self._snapshots = snapshots
         self._ledger = ledger
         self._prices = prices
@@ -52,6 +56,8 @@ class AwsGateway:
         request = classify(environ)
         try:
             status, headers, body = self._dispatch(request, environ)
+        except NotImplementedError as exc:  # moto's (or a handler's) "this action has not been implemented"
+            status, headers, body = unimplemented_answer(request, environ, str(exc))
         except Exception as exc:  # a bad request must never bring the local cloud down
             log.exception("AWS %s %s failed", request.service, request.action)
             status, headers, body = aws_error(
@@ -69,7 +75,12 @@ class AwsGateway:
         handler = self._handlers.get((request.service or "", request.action or ""))
         if handler is not None:
             return handler(request, environ)
-        return self._call_moto(request, environ)
+        if not self._moto_coverage.serves(request, environ):
+            return unimplemented_answer(request, environ, f"moto has no {request.service} service")
+        status, headers, body = self._call_moto(request, environ)
+        if is_unrouted_answer(request, status, headers, body):
+            return unimplemented_answer(request, environ, "moto has no route for it")
+        return status, headers, body
 
     def call_moto(self, request: AwsRequest, environ: dict) -> Response:
         """moto's answer to a request (handlers use it to validate and store, then add what moto lacks)."""
