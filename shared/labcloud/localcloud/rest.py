@@ -1,6 +1,10 @@
 """What the REST front doors of the local cloud (Google Cloud, Azure) share: routes by method and path regex, the
 request a handler gets, and the rule that a bad request never brings the local cloud down. Each cloud's gateway
-says how its errors look (`error_response`, `not_found`, `not_allowed`)."""
+says how its errors look (`error_response`, `not_found`, `not_allowed`).
+
+A request no route matches is answered by the gateway's `not_found` (no route has its path) or `not_allowed` (a
+route has its path, for other methods), in that cloud's error shape, naming the operation; each one is logged as a
+warning in the server log, so a learner can see what the local cloud does not implement."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qs
+
+from .clouds import aws_signed
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +65,7 @@ class RestGateway:
     def handles(self, environ: dict) -> bool:
         """Whether a request is for this cloud: a path one of its routes knows, without an AWS signature (an S3
         bucket that happens to share a path stays S3's)."""
-        if environ.get("HTTP_AUTHORIZATION", "").startswith("AWS4-") or "X-Amz-Credential" in environ.get(
-            "QUERY_STRING", ""
-        ):
+        if aws_signed(environ):
             return False
         path = environ.get("PATH_INFO", "/")
         return any(pattern.match(path) for _, pattern, _ in self._routes)
@@ -86,7 +90,9 @@ class RestGateway:
                 if route_method == method:
                     query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
                     return handler(self.request_type(method, path, match.groupdict(), query, environ))
-        raise self.not_allowed(method, path) if known_path else self.not_found(path)
+        error = self.not_allowed(method, path) if known_path else self.not_found(method, path)
+        log.warning("%s: %s", self.cloud, error)  # the learner's clue in the server log: what is not implemented
+        raise error
 
     # how this cloud's errors look -------------------------------------------------------------------------
     def error_response(self, error) -> Response:
@@ -95,7 +101,7 @@ class RestGateway:
     def internal_error(self, exc: Exception) -> Response:
         raise NotImplementedError
 
-    def not_found(self, path: str) -> Exception:
+    def not_found(self, method: str, path: str) -> Exception:
         raise NotImplementedError
 
     def not_allowed(self, method: str, path: str) -> Exception:

@@ -31,6 +31,7 @@ from .aws.gateway import AwsGateway
 from .aws.persistence import MotoSnapshots
 from .azure import services as azure_services
 from .azure.gateway import AzureContext, AzureGateway
+from .clouds import AZURE, GOOGLE, cloud_of
 from .context import register_services
 from .gcp import services as gcp_services
 from .gcp.gateway import GcpContext, GcpGateway
@@ -110,6 +111,12 @@ class LocalCloud:
         if environ.get("PATH_INFO", "").startswith(PREFIX):
             return self.admin(environ, start_response)
         if self.gcp.handles(environ):
+            return self.gcp(environ, start_response)
+        # No Azure or Google route has this path: the cloud the request is for answers in its own error shape
+        cloud = cloud_of(environ)
+        if cloud == AZURE:
+            return self.azure(environ, start_response)
+        if cloud == GOOGLE:
             return self.gcp(environ, start_response)
         return self.aws(environ, start_response)
 

@@ -3,12 +3,23 @@
 Azure OpenAI's data plane lives under `/openai/...` (`/openai/deployments/<name>/chat/completions?api-version=...`).
 Services register routes with `gateway.route(method, pattern, handler)`. Local-only administration (deployments and
 their quotas) lives under `/_labcloud/azure/`, beside the local cloud's own admin API.
+
+An Azure request no route serves (`localcloud/clouds.py` tells Azure's requests from the others') gets ARM's error
+body `{"error": {"code", "message"}}` naming the operation, with an `x-ms-request-id` as every Azure answer has:
+501 NotImplemented when it is for an API the local cloud serves (Azure ML's workspace API, run history and data
+API, Azure OpenAI) but an operation it does not implement, 404 ResourceNotFound for a path no API it serves has
+(ARM's own resource groups, providers, other resource types). azure-core does not retry either (it retries 408,
+429, 500, 502, 503 and 504); the openai client retries every 5xx, so these answers say `x-should-retry: false`,
+the header it obeys. Azure itself answers an unknown path with 404; an operation missing from an API it
+serves happens only here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +29,17 @@ from ..rest import Response, RestGateway, RestRequest
 log = logging.getLogger(__name__)
 
 ADMIN_PREFIX = "/_labcloud/azure"
+
+# The Azure APIs the local cloud serves, by the paths their clients call.
+_SERVED_APIS = [
+    (re.compile(pattern), name)
+    for pattern, name in [
+        (r"^/mferp/managementfrontend/subscriptions/", "Azure Machine Learning"),
+        (r"^/history/v1\.0/", "Azure Machine Learning run history"),
+        (r"^/data/v1\.0/", "Azure Machine Learning data"),
+        (r"^/openai/", "Azure OpenAI"),
+    ]
+]
 
 
 class AzureRequest(RestRequest):
@@ -69,11 +91,30 @@ class AzureGateway(RestGateway):
             500, "InternalServerError", f"The local cloud could not handle this request: {exc}"
         ).response()
 
-    def not_found(self, path: str) -> Exception:
-        return AzureError(404, "404", "Resource not found")
+    def not_found(self, method: str, path: str) -> Exception:
+        api = served_api(path)
+        if api is None:
+            message = f"The local cloud does not implement {method} {path}: no Azure API it serves has this path."
+            return AzureError(404, "ResourceNotFound", message, _unrouted_headers())
+        return not_implemented(method, path, api)
 
     def not_allowed(self, method: str, path: str) -> Exception:
-        return AzureError(405, "MethodNotAllowed", f"The method {method} is not allowed on {path}.")
+        return not_implemented(method, path, served_api(path) or "Azure")
+
+
+def served_api(path: str) -> str | None:
+    """The name of the Azure API the local cloud serves under `path`, or None when it serves none there."""
+    return next((name for pattern, name in _SERVED_APIS if pattern.match(path)), None)
+
+
+def not_implemented(method: str, path: str, api: str) -> AzureError:
+    message = f"The local cloud does not implement {method} {path} ({api})."
+    return AzureError(501, "NotImplemented", message, _unrouted_headers())
+
+
+def _unrouted_headers() -> list[tuple[str, str]]:
+    # x-should-retry: the openai client retries every 5xx unless the answer says not to (azure-core ignores it)
+    return [("x-ms-request-id", str(uuid.uuid4())), ("x-should-retry", "false")]
 
 
 @dataclass(kw_only=True)

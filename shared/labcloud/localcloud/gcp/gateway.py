@@ -3,12 +3,20 @@
 Google's clients speak JSON over REST to paths that say the API (`/storage/v1/...`, `/bigquery/v2/...`,
 `/v1/projects/.../locations/...` for Vertex AI). Services register routes with `gateway.route(method, pattern,
 handler)`; the gateway also answers the OAuth token endpoint the local credentials point at.
+
+A Google request no route serves (`localcloud/clouds.py` tells Google's requests from the others') gets Google's
+JSON error naming the operation: 501 UNIMPLEMENTED (reason `notImplemented`) when it is for an API the local cloud
+serves (Cloud Storage, BigQuery, Vertex AI) but a method it does not implement, 404 NOT_FOUND for a path no API it
+serves has. No Google client retries either: Cloud Storage retries 408, 429, 500, 502, 503 and 504, BigQuery by
+reason (`backendError`, `rateLimitExceeded`, `internalError`, `badGateway`), Vertex AI's generated clients not at
+all. Google itself answers an unknown path with 404; an API method that is missing happens only here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +43,16 @@ _STATUS_NAMES = {
     503: "UNAVAILABLE",
 }
 _REASONS = {400: "invalid", 404: "notFound", 409: "duplicate", 500: "backendError", 501: "notImplemented"}
+
+# The Google APIs the local cloud serves, by the paths their clients call (Vertex polls operations under /ui/).
+_SERVED_APIS = [
+    (re.compile(pattern), name)
+    for pattern, name in [
+        (r"^/(?:upload/|download/|batch/)?storage/v1(?:/|$)", "Cloud Storage JSON API"),
+        (r"^/(?:upload/)?bigquery/v2(?:/|$)", "BigQuery API"),
+        (r"^/(?:ui/|v1(?:beta1)?/projects/[^/]+/locations/)", "Vertex AI API"),
+    ]
+]
 
 
 class GcpRequest(RestRequest):
@@ -94,11 +112,24 @@ class GcpGateway(RestGateway):
     def internal_error(self, exc: Exception) -> Response:
         return google_error(500, f"The local cloud could not handle this request: {exc}")
 
-    def not_found(self, path: str) -> Exception:
-        return GoogleError(404, f"Not found: {path}", "notFound")
+    def not_found(self, method: str, path: str) -> Exception:
+        api = served_api(path)
+        if api is None:
+            message = f"The local cloud does not implement {method} {path}: no Google API it serves has this path."
+            return GoogleError(404, message, "notFound")
+        return not_implemented(method, path, api)
 
     def not_allowed(self, method: str, path: str) -> Exception:
-        return GoogleError(405, f"Method {method} is not allowed on {path}.", "methodNotAllowed")
+        return not_implemented(method, path, served_api(path) or "Google Cloud")
+
+
+def served_api(path: str) -> str | None:
+    """The name of the Google API the local cloud serves under `path`, or None when it serves none there."""
+    return next((name for pattern, name in _SERVED_APIS if pattern.match(path)), None)
+
+
+def not_implemented(method: str, path: str, api: str) -> GoogleError:
+    return GoogleError(501, f"The local cloud does not implement {method} {path} ({api}).", "notImplemented")
 
 
 def _token(request: GcpRequest) -> Response:
