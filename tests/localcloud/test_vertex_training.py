@@ -124,3 +124,33 @@ def test_a_running_job_can_be_cancelled(training_job):
     with pytest.raises(RuntimeError, match="cancelled"):
         job.wait()
     assert job.state.name == "PIPELINE_STATE_CANCELLED"
+
+
+def test_delete_after_a_run_is_a_long_running_operation_and_keeps_the_model(training_job, vertex):
+    from google.api_core import exceptions
+
+    job = training_job(TRAIN_AND_SAVE, requirements=["scikit-learn", "joblib"])
+    model = job.run(machine_type="n1-standard-4")
+    name = job.resource_name
+    job.delete()  # polls the delete operation to its end
+
+    with pytest.raises(exceptions.NotFound, match="TrainingPipeline"):
+        vertex.CustomTrainingJob.get(name)
+    assert name not in [j.resource_name for j in vertex.CustomTrainingJob.list()]
+    assert vertex.Model(model.resource_name).uri == model.uri  # the uploaded model stays, as on Vertex
+    with pytest.raises(exceptions.NotFound):
+        vertex.CustomTrainingJob.get(name).delete()
+
+    running = training_job("import time\nprint('training for a minute', flush=True)\ntime.sleep(60)\n")
+    running.run(machine_type="n1-standard-4", sync=False)
+    running.wait_for_resource_creation()
+    # A job object of its own: `running.delete()` would first wait for this process's run() to end (and raise its
+    # error), as the SDK does.
+    with pytest.raises(exceptions.BadRequest, match="cannot be deleted: cancel it first"):
+        vertex.CustomTrainingJob.get(running.resource_name).delete()
+    running.cancel()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        running.wait()
+    vertex.CustomTrainingJob.get(running.resource_name).delete()
+    with pytest.raises(exceptions.NotFound):
+        vertex.CustomTrainingJob.get(running.resource_name)

@@ -1,6 +1,6 @@
 """Vertex AI custom training on the local cloud: training pipelines that really run the learner's script.
 
-- `trainingPipelines` create, get, list, `:cancel` (REST v1). A custom-task pipeline (the SDK's
+- `trainingPipelines` create, get, list, `:cancel`, delete (REST v1). A custom-task pipeline (the SDK's
   `CustomTrainingJob`, `CustomPythonPackageTrainingJob`) runs in the background through
   `labcloud.runtime.vertex_training` (which documents the container contract, the requirements check and what is
   simulated); its state goes PIPELINE_STATE_QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED, a failure with
@@ -11,6 +11,9 @@
 - Machine types and accelerators are simulated; the meter charges replica-hours at the catalog's
   `vertex-training` price for the worker pool's machine + accelerator when the job ends (an unpriced shape is
   noted in the job log and metered at 0).
+- Delete is a long-running operation (`DeleteOperationMetadata`, polled like Vertex's other deletes in
+  `vertex_endpoints`); it removes the pipeline's record, its folder and log, and keeps the model it uploaded, as
+  Vertex does. A pipeline that has not ended is refused with FAILED_PRECONDITION: cancel it first.
 - Records are JSON under the state folder (`vertex-training/<id>/record.json`, beside the job's folder and
   `job.log`); a job that was running when the local cloud stopped (`labcloud down`, or a crash) is FAILED at the
   next start, with "The local cloud stopped while the job ran." (`CloudContext.on_interrupted`).
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -29,7 +33,15 @@ from ...context import LOCAL_CLOUD_STOPPED
 from .. import storage_store
 from ..gateway import GcpRequest, GoogleError, json_response
 from . import vertex_endpoints
-from .vertex_endpoints import LOCATION, accelerator_name, find_vertex_instance, new_id, not_found, resource_name
+from .vertex_endpoints import (
+    LOCATION,
+    accelerator_name,
+    failed_precondition,
+    find_vertex_instance,
+    new_id,
+    not_found,
+    resource_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +71,7 @@ class TrainingPipelines:
         gateway.route("POST", LOCATION + r"/trainingPipelines", self.create)
         gateway.route("GET", LOCATION + r"/trainingPipelines", self.list)
         gateway.route("GET", LOCATION + r"/trainingPipelines/(?P<id>[^/:]+)", self.get)
+        gateway.route("DELETE", LOCATION + r"/trainingPipelines/(?P<id>[^/:]+)", self.delete)
         gateway.route("POST", LOCATION + r"/trainingPipelines/(?P<id>[^/:]+):cancel", self.cancel)
 
     # ---- handlers
@@ -107,6 +120,23 @@ class TrainingPipelines:
         if run is not None:
             run.cancel()
         return json_response({})
+
+    def delete(self, request: GcpRequest):
+        name = resource_name(request, "trainingPipelines", request.params["id"])
+        with self._lock:
+            pipeline = self.pipelines.get(name)
+            if pipeline is None:
+                raise not_found("TrainingPipeline", name)
+            if pipeline["state"] not in FINAL_STATES:
+                raise failed_precondition(
+                    f"TrainingPipeline `{name}` is in state {pipeline['state']} and cannot be deleted: cancel it "
+                    "first, or wait until it ends."
+                )
+            del self.pipelines[name]
+            shutil.rmtree(self.folder / name.rsplit("/", 1)[-1], ignore_errors=True)
+        operations = vertex_endpoints.for_context(self.context).operations
+        operation = operations.start(name, "DeleteOperationMetadata")
+        return json_response(operations.finish(operation["name"], "Empty"))
 
     # ---- the run
 
