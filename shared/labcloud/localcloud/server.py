@@ -4,7 +4,8 @@ Run by `labcloud up` (through `control.start`) as `python -m labcloud.localcloud
 It binds the asked port, or a free one when that is taken, writes `server.json` for clients, restores the
 saved state, and on SIGTERM saves the state, stops its children and exits. After a crash of the previous run, the
 start reaps the children it left running (`processes.ChildRecords`), replays moto's journal (`aws/journal.py`) and
-fails the jobs that were running (`CloudContext.end_interrupted`), before it answers.
+fails the jobs that were running (`CloudContext.end_interrupted`), before it answers. Both listeners (plain HTTP,
+and HTTPS for the Azure SDKs) speak HTTP/1.1 with keep-alive through `http.py`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import socket
 import threading
 import time
 from pathlib import Path
-
-from werkzeug.serving import make_server
 
 from .. import __version__
 from ..pricing.catalog import load_catalog, load_service_prices
@@ -35,6 +34,7 @@ from .clouds import AZURE, GOOGLE, cloud_of
 from .context import register_services
 from .gcp import services as gcp_services
 from .gcp.gateway import GcpContext, GcpGateway
+from .http import HttpServer
 from .processes import ChildProcesses, ChildRecords
 from .state import ServerInfo, StateDir
 from .tls import LocalTls
@@ -43,6 +43,7 @@ log = logging.getLogger("labcloud.localcloud")
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 4570
+TLS_THREADS = 16  # the HTTPS listener serves only the Azure SDKs, which make few calls at once
 
 
 def bind_socket(host: str, port: int, strict: bool = False) -> socket.socket:
@@ -126,8 +127,7 @@ class LocalCloud:
         for context in self._contexts():
             context.end_interrupted()
         sock = bind_socket(self.host, self.port, self.strict_port)
-        self._server = make_server(self.host, sock.getsockname()[1], self.app, threaded=True, fd=sock.fileno())
-        self._server.daemon_threads = True
+        self._server = HttpServer(self.app, sock, name="http")
         self.snapshots.start()
         info = ServerInfo(
             pid=os.getpid(),
@@ -140,6 +140,7 @@ class LocalCloud:
         )
         for context in self._contexts():
             context.started(info.url)  # Azure's starts Azurite without waiting for it
+        self._server.start()  # only now: a request for a service must find it started
         self.state.write_info(info)
         log.info("local cloud on %s (state %s; restored %s)", info.url, info.state_dir, self._restored or "nothing")
         return info
@@ -149,16 +150,12 @@ class LocalCloud:
         Azure ML SDK refuses to send bearer tokens over plain http."""
         tls = LocalTls(self.state.sub("tls")).ensure()
         sock = bind_socket(self.host, 0)
-        port, context = sock.getsockname()[1], tls.server_context()
-        self._tls_server = make_server(self.host, port, self.app, threaded=True, fd=sock.fileno(), ssl_context=context)
-        self._tls_server.daemon_threads = True
-        threading.Thread(
-            target=self._tls_server.serve_forever, kwargs={"poll_interval": 0.2}, name="https", daemon=True
-        ).start()
+        self._tls_server = HttpServer(self.app, sock, tls=tls.server_files, threads=TLS_THREADS, name="https").start()
         return self._tls_server.server_address[1]
 
     def serve_forever(self) -> None:
-        self._server.serve_forever(poll_interval=0.2)
+        """Block until `stop` has stopped the listeners (a signal handler calls it while this waits)."""
+        self._server.wait()
 
     def _contexts(self) -> tuple:
         return self.aws_context, self.gcp_context, self.azure_context
@@ -173,7 +170,7 @@ class LocalCloud:
         self.state.clear_info(os.getpid())
         for server in (self._server, self._tls_server):
             if server is not None:
-                threading.Thread(target=server.shutdown, daemon=True).start()
+                server.stop()  # returns at once; the listener stops in a thread of its own
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -187,7 +184,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("the local cloud listens on loopback only")
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     cloud = LocalCloud(args.state, args.host, args.port, args.strict_port)
     cloud.start()
 

@@ -8,7 +8,6 @@ CA, so real clouds still verify as before. Nothing outside the kernel, and nothi
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +33,10 @@ class LocalTls:
             self._create()
         return self
 
-    def server_context(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.folder / CERT_FILE, self.folder / KEY_FILE)
-        return context
+    @property
+    def server_files(self) -> tuple[Path, Path]:
+        """(certificate chain, private key) of the server certificate, for an HTTPS listener."""
+        return self.folder / CERT_FILE, self.folder / KEY_FILE
 
     def _create(self) -> None:
         import certifi

@@ -31,6 +31,7 @@ import threading
 import time
 from pathlib import Path
 
+from ...http import header_name
 from ..gateway import AzureError, AzureRequest, json_response
 from . import blob
 from .blob import ACCOUNT, ACCOUNT_KEY
@@ -122,8 +123,8 @@ class AssetsApi:
         return json_response(self._datastore(request, name))
 
     def list_secrets(self, request: AzureRequest):
-        """A SAS token, not the account key: the local cloud's HTTP server drops request headers with `_` in their
-        name (the SDK's `x-ms-meta-upload_status`), which a Shared Key signature covers and a SAS does not."""
+        """A SAS token, not the account key: a Shared Key signature covers the request's header names exactly, so
+        it holds only while every hop keeps them as sent (`http.header_name`); a SAS covers no header."""
         from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 
         self.get_datastore(request)
@@ -174,8 +175,9 @@ class AssetsApi:
     def blob_proxy(self, request: AzureRequest):
         """The request, unchanged, to Azurite's loopback port; Azurite's answer, unchanged, back."""
         status = blob.ready(self.context.state_dir)
-        headers = {_header_name(key): value for key, value in request.environ.items() if _is_header(key)}
-        headers.pop("Host", None)
+        # by the names the SDK sent: its upload confirmation is metadata `upload_status`, which WSGI writes as
+        # HTTP_X_MS_META_UPLOAD_STATUS; forwarded as `upload-status` the SDK would upload the folder again each time
+        headers = {header_name(request.environ, key): v for key, v in request.environ.items() if _is_header(key)}
         query = request.environ.get("QUERY_STRING", "")
         target = (
             request.environ.get("REQUEST_URI")
@@ -367,8 +369,5 @@ def _workspace_params(job_id: str) -> dict:
 
 
 def _is_header(key: str) -> bool:
-    return key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")
-
-
-def _header_name(key: str) -> str:
-    return "-".join(part.capitalize() for part in key.removeprefix("HTTP_").split("_"))
+    """A request header the proxy forwards: all but Host, which http.client sets for Azurite's own address."""
+    return (key.startswith("HTTP_") and key != "HTTP_HOST") or key in ("CONTENT_TYPE", "CONTENT_LENGTH")
