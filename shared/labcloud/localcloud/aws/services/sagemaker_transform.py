@@ -25,7 +25,8 @@ second job take an existing name, accepts a model that does not exist, and has n
   `<job>/<instance id>-<epoch>`, with a line per object written, so `transform(logs=True)` prints them.
 - The meter: the instances' hours from their start to their stop, at the catalog's SageMaker inference price
   (SageMaker lists batch transform at the real-time inference rates per instance type), as one line per job.
-- Restart: a job that was running when the local cloud stopped is Failed when it comes back.
+- Restart: a job that was running when the local cloud stopped (`labcloud down`, or a crash) is Failed when it
+  comes back (`CloudContext.on_interrupted`).
 
 Simulated, or not served: the instance type (a GPU type runs on this machine's CPU), MaxConcurrentTransforms beyond
 one request at a time per instance (the model server has one worker), SplitType RecordIO and TFRecord,
@@ -50,6 +51,7 @@ from dataclasses import dataclass, field
 import urllib3
 from moto.sagemaker.utils import arn_formatter
 
+from ...context import LOCAL_CLOUD_STOPPED
 from ..context import ACCOUNT_ID, AwsContext, json_response, read_json
 from ..errors import Response, aws_error
 from ..requests import AwsRequest
@@ -73,7 +75,7 @@ log = logging.getLogger(__name__)
 
 LOG_GROUP = "/aws/sagemaker/TransformJobs"
 FINAL_STATUSES = ("Completed", "Failed", "Stopped")
-SHUTDOWN_REASON = "the local cloud stopped while the job ran"
+SHUTDOWN_REASON = f"{LOCAL_CLOUD_STOPPED} while the job ran"
 STARTUP_TIMEOUT_S = 300.0  # a model server that has not answered /ping by then fails the job
 DEFAULT_MAX_PAYLOAD_MB = 6  # SageMaker's default MaxPayloadInMB
 FAILURE_REASON_MAX = 1024  # DescribeTransformJob's limit
@@ -384,6 +386,7 @@ class TransformService:
         gateway.intercept("sagemaker", "StopTransformJob", self.stop)
         self.context.on_started(self._started)
         self.context.on_shutdown(self._shutdown)
+        self.context.on_interrupted("SageMaker batch transform jobs", self._end_interrupted)
 
     # --- API handlers ---------------------------------------------------------------------------------------
 
@@ -605,6 +608,14 @@ class TransformService:
 
     def _commit(self, job: TransformJob) -> None:
         """Mirror the job into moto's record (which Describe and List answer from) and save our record."""
+        self._mirror(job, modified=True)
+        path = self.context.records("transform-jobs") / job.region / f"{job.name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(job.record()))
+        os.replace(tmp, path)
+
+    def _mirror(self, job: TransformJob, modified: bool) -> None:
         from moto.core.utils import utcnow
 
         with self.context.lock:
@@ -614,18 +625,15 @@ class TransformService:
                 fake.failure_reason = job.failure_reason
                 fake.transform_start_time = _utc(job.started)
                 fake.transform_end_time = _utc(job.ended)
-                fake.last_modified_time = utcnow()
                 fake.labeling_job_arn = fake.auto_ml_job_arn = None  # moto's "" for jobs that were not made by one
+                if modified:
+                    fake.last_modified_time = utcnow()
         self.context.mark_dirty("sagemaker")
-        path = self.context.records("transform-jobs") / job.region / f"{job.name}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(job.record()))
-        os.replace(tmp, path)
 
     # --- the local cloud's start and stop -------------------------------------------------------------------
 
-    def _started(self) -> None:
+    def _records(self):
+        """The jobs of the records that moto still knows (a record of a job moto's reset state lost is dropped)."""
         for path in sorted(self.context.records("transform-jobs").glob("*/*.json")):
             try:
                 job = TransformJob(**json.loads(path.read_text()))
@@ -634,12 +642,26 @@ class TransformService:
                 continue
             with self.context.lock:
                 known = job.name in self.context.moto_backend("sagemaker", job.region).transform_jobs
-            if not known:  # moto's state was reset: the job is gone
+            if known:
+                yield job
+            else:
                 path.unlink(missing_ok=True)
-                continue
-            if not job.final:  # it was running when the local cloud stopped
-                job.status, job.failure_reason, job.ended = "Failed", SHUTDOWN_REASON, job.ended or time.time()
+
+    def _end_interrupted(self, reason: str) -> list[str]:
+        """Failed: the jobs that ran when the local cloud stopped (at start, before any runs); their names."""
+        ended = []
+        for job in self._records():
+            if not job.final:
+                job.status, job.failure_reason = "Failed", f"{reason} while the job ran"
+                job.ended = job.ended or time.time()
                 self._commit(job)
+                ended.append(job.name)
+        return ended
+
+    def _started(self) -> None:
+        for job in self._records():
+            # moto's state may predate the job's last change (a crash; a replayed create says Completed): ours wins.
+            self._mirror(job, modified=False)
             self._jobs[(job.region, job.name)] = job
         self.context.in_background(self._flush_every_second, "transform-log-flusher")
 
