@@ -8,7 +8,7 @@ NODE_STAMP := node_modules/.installed
 LABCLOUD := $(VENV)/bin/labcloud
 LINTED := shared tests solutions labs conftest.py
 
-.PHONY: lab test course lint format labs reference bench up down clean help
+.PHONY: lab test course lint format labs reference bench load up down clean help
 
 help:
 	@echo "make lab        start the local cloud and JupyterLab on the course (first run installs .venv)"
@@ -17,6 +17,7 @@ help:
 	@echo "make labs       regenerate labs/ from solutions/"
 	@echo "make reference  re-execute the reference notebooks in solutions/executed/"
 	@echo "make bench      measure the local cloud against its performance budget"
+	@echo "make load       load-test the local cloud and show what breaks first (about 5 minutes)"
 	@echo "make down       stop the local cloud"
 
 $(STAMP): pyproject.toml requirements.lock
@@ -60,6 +61,9 @@ reference: $(STAMP) $(NODE_STAMP)
 
 bench: $(STAMP) $(NODE_STAMP)
 	$(PY) -m labcloud.bench
+
+load: $(STAMP)
+	$(PY) -m labcloud.bench_load
 
 up: $(STAMP) $(NODE_STAMP)
 	$(LABCLOUD) up

@@ -160,12 +160,13 @@ class Lab:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def aws_client(service: str, env: dict[str, str]):
-    """A boto3 client for the endpoint and fake credentials in `env` (from `local_environment`), no proxy."""
+def aws_client(service: str, env: dict[str, str], **config_options):
+    """A boto3 client for the endpoint and fake credentials in `env` (from `local_environment`), no proxy, no retry;
+    `config_options` go to botocore's Config (a load test's pool size and timeouts)."""
     import boto3
     from botocore.config import Config
 
-    config = Config(proxies={}, retries={"total_max_attempts": 1}, s3={"addressing_style": "path"})
+    config = Config(proxies={}, retries={"total_max_attempts": 1}, s3={"addressing_style": "path"}, **config_options)
     return boto3.session.Session().client(
         service,
         endpoint_url=env["AWS_ENDPOINT_URL"],

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .bench import Lab, Row, timed
-from .bench_services import _connect
+from .bench_services import connect_sdks
 
 JOB_RUNS = 5
 COMMAND = "python -c 'print(1)'"
@@ -23,7 +23,7 @@ JOB_OVERHEAD_BUDGET_S = 1.0  # as for SageMaker's and Vertex's training jobs
 
 def azure_ml_command_job(lab: Lab) -> list[Row]:
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDK logs every HTTP request at INFO
-    _connect(lab)
+    connect_sdks(lab)
     from azure.ai.ml import MLClient, command
     from azure.ai.ml.entities import AmlCompute
     from azure.identity import DefaultAzureCredential

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from .bench import Lab, Row, interleaved, timed
-from .bench_services import _connect
+from .bench_services import connect_sdks
 
 ROWS = 100_000
 QUERY_RUNS, QUERY_WARMUP, TRAINING_RUNS = 15, 3, 3
@@ -24,7 +24,7 @@ TRAINING_OPTIONS = {"model_type": "BOOSTED_TREE_CLASSIFIER", "max_iterations": 5
 
 def _payments_table(lab: Lab):
     """A BigQuery client and a 100k-row payments table on the benchmark's local cloud, plus the same rows."""
-    _connect(lab)
+    connect_sdks(lab)
     from google.cloud import bigquery
 
     from .datasets import fraud_transactions

@@ -73,7 +73,7 @@ CHAT_ITERATIONS, CHAT_WARMUP = 200, 20
 HANDLER = "def lambda_handler(event, context):\n    return {'echo': event}\n"
 
 
-def _connect(lab: Lab):
+def connect_sdks(lab: Lab):
     """Point this process's SDKs at the benchmark's shared local cloud, as `connect("local")` does."""
     import labcloud
 
@@ -82,7 +82,7 @@ def _connect(lab: Lab):
 
 
 def sagemaker_fit(lab: Lab) -> list[Row]:
-    _connect(lab)
+    connect_sdks(lab)
     import sagemaker
     from sagemaker.pytorch import PyTorch
 
@@ -121,30 +121,16 @@ def _run_directly(script: Path) -> float:
 
 
 def sagemaker_deploy_and_predict(lab: Lab) -> list[Row]:
-    _connect(lab)
-    import boto3
-    import sagemaker
+    connect_sdks(lab)
     import urllib3
     from sagemaker.deserializers import JSONDeserializer
-    from sagemaker.pytorch import PyTorchModel
     from sagemaker.serializers import JSONSerializer
 
-    model_data = _upload_model(boto3.client("s3"))
-    code = Path(tempfile.mkdtemp(dir=lab.root))
-    (code / "inference.py").write_text(INFERENCE_SCRIPT)
-    role = sagemaker.get_execution_role()
+    model = linear_model(lab)
     deploys, predictor = [], None
     for run in range(DEPLOY_RUNS):
         if predictor is not None:
             predictor.delete_endpoint()
-        model = PyTorchModel(
-            model_data=model_data,
-            role=role,
-            entry_point="inference.py",
-            source_dir=str(code),
-            framework_version="2.1.0",
-            py_version="py310",
-        )
         began = time.perf_counter()
         predictor = model.deploy(
             initial_instance_count=1,
@@ -175,7 +161,25 @@ def sagemaker_deploy_and_predict(lab: Lab) -> list[Row]:
     ]
 
 
-def _upload_model(s3) -> str:
+def linear_model(lab: Lab):
+    """A `PyTorchModel` of the tiny linear model (weights in S3, INFERENCE_SCRIPT as its code), ready to deploy."""
+    import boto3
+    import sagemaker
+    from sagemaker.pytorch import PyTorchModel
+
+    code = Path(tempfile.mkdtemp(dir=lab.root))
+    (code / "inference.py").write_text(INFERENCE_SCRIPT)
+    return PyTorchModel(
+        model_data=upload_model(boto3.client("s3")),
+        role=sagemaker.get_execution_role(),
+        entry_point="inference.py",
+        source_dir=str(code),
+        framework_version="2.1.0",
+        py_version="py310",
+    )
+
+
+def upload_model(s3) -> str:
     archive = io.BytesIO()
     weights = json.dumps({"weights": [0.5, -0.25], "bias": 0.1}).encode()
     with tarfile.open(fileobj=archive, mode="w:gz") as tar:
@@ -196,29 +200,35 @@ def _model_server_port(lab: Lab, endpoint: str) -> int:
 
 
 def lambda_invoke(lab: Lab) -> list[Row]:
-    _connect(lab)
+    connect_sdks(lab)
     import boto3
-    import sagemaker
 
     client = boto3.client("lambda")
-    package = io.BytesIO()
-    with zipfile.ZipFile(package, "w") as zf:
-        zf.writestr("app.py", HANDLER)
-    role = sagemaker.get_execution_role()
     payload = json.dumps({"hello": "bench"})
     cold, warm = [], []
     for i in range(LAMBDA_COLD):  # a new function each time: its first call starts a worker
-        name = f"bench-fn-{i}"
-        function = {"Runtime": "python3.11", "Role": role, "Handler": "app.lambda_handler"}
-        client.create_function(FunctionName=name, Code={"ZipFile": package.getvalue()}, **function)
+        name = create_echo_function(client, f"bench-fn-{i}")
         cold.append(timed(lambda name=name: client.invoke(FunctionName=name, Payload=payload)["Payload"].read()))
     for _ in range(LAMBDA_WARM):
         warm.append(timed(lambda: client.invoke(FunctionName="bench-fn-0", Payload=payload)["Payload"].read()))
     return [Row("Lambda invoke, cold (new worker)", cold), Row("Lambda invoke, warm", warm, baseline=cold)]
 
 
+def create_echo_function(client, name: str) -> str:
+    """A Lambda function named `name` whose handler (HANDLER) answers its event; its name."""
+    import sagemaker
+
+    package = io.BytesIO()
+    with zipfile.ZipFile(package, "w") as zf:
+        zf.writestr("app.py", HANDLER)
+    role = sagemaker.get_execution_role()
+    function = {"Runtime": "python3.11", "Role": role, "Handler": "app.lambda_handler"}
+    client.create_function(FunctionName=name, Code={"ZipFile": package.getvalue()}, **function)
+    return name
+
+
 def vertex_train_deploy_and_predict(lab: Lab) -> list[Row]:
-    _connect(lab)
+    connect_sdks(lab)
     from google.cloud import aiplatform
 
     aiplatform.init(project="bench-project", location="us-central1")  # staging: the wired default bucket
@@ -297,7 +307,7 @@ def _vertex_predictions(lab: Lab, endpoint) -> tuple[list[float], list[float]]:
 
 
 def azure_openai_chat(lab: Lab) -> list[Row]:
-    _connect(lab)
+    connect_sdks(lab)
     from openai import AzureOpenAI
 
     from .runtime import standin_llm
