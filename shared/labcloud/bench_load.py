@@ -22,7 +22,8 @@ a 2-core runner that limit can come before the local cloud's own.
 
 Bounds: every run is a fixed number of requests (rate x duration, or the burst's size); each request has botocore's
 timeouts (REQUEST_TIMEOUT_S, no retries); after the schedule, answers are awaited at most DRAIN_S, and the ones
-still missing count as errors ("no answer in time"). Loopback only. Lambda runs with a concurrency limit of
+still missing count as errors ("no answer in time", or "not sent in time" for those the generator had not got to
+by then: it fell that far behind). Loopback only. Lambda runs with a concurrency limit of
 `--lambda-concurrency` (default 1,000, the usual account quota; a new AWS account has 10, the local cloud's default,
 which would throttle half of a burst of 20).
 
@@ -173,7 +174,17 @@ def run_schedule(send: Callable[[int], None], due: list[float], workers: int, dr
         wait(futures, timeout=drain_s)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-    return [f.result() if f.done() else Call(due[i], error="no answer in time") for i, f in enumerate(futures)]
+    return [_outcome(future, due[i]) for i, future in enumerate(futures)]
+
+
+def _outcome(future, due: float) -> Call:
+    """The call a future ran; for one that never started (the pool was still busy at the end) or never answered
+    within the drain, a failed call that says which."""
+    if future.cancelled():
+        return Call(due, error="not sent in time")
+    if not future.done():
+        return Call(due, error="no answer in time")
+    return future.result()
 
 
 def request_count(rate: float, duration_s: float) -> int:

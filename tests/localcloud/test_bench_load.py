@@ -43,11 +43,12 @@ def test_a_slow_answer_does_not_hold_back_the_next_requests():
     assert (row.ok, row.errors) == (count, 0)
 
 
-def test_a_request_still_unanswered_after_the_drain_is_an_error():
+def test_requests_unanswered_or_unsent_after_the_drain_are_errors():
+    # two threads, both held until the drain is over: two requests never answer, the third is never sent
     release = threading.Event()
-    calls = run_schedule(lambda i: release.wait(timeout=30), [0.0, 0.0], workers=2, drain_s=0.2)
+    calls = run_schedule(lambda i: release.wait(timeout=30), [0.0, 0.0, 0.0], workers=2, drain_s=0.2)
     release.set()
-    assert [call.error for call in calls] == ["no answer in time"] * 2
+    assert [call.error for call in calls] == ["no answer in time"] * 2 + ["not sent in time"]
     assert LoadResult("test", "Lambda warm", None, calls).verdict == "errors"
 
 
