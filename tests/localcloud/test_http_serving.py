@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from aws_clients import clients
 
 from labcloud.localcloud import control
 from labcloud.localcloud.http import HttpServer, header_name
@@ -148,6 +149,29 @@ def test_header_names_reach_the_app_as_the_client_sent_them(serve):
         "HTTP_X_MS_META_UPLOAD_STATUS": "x-ms-meta-upload_status",
         "HTTP_X_MS_META_OWNER": "X-Ms-Meta-Owner",
     }
+
+
+def test_the_path_is_decoded_and_the_raw_target_kept(serve):
+    def paths(environ, start_response):
+        body = json.dumps({key: environ[key] for key in ("PATH_INFO", "QUERY_STRING", "RAW_URI")}).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    connection = http.client.HTTPConnection(*serve(paths), timeout=30)
+    target = "/bucket/folder%2Fa%3Fb%20c%E2%82%AC?list-type=2"
+    seen = get_json(connection, target)
+    # WSGI's PATH_INFO is the decoded bytes as latin-1 (werkzeug's too): the euro sign's UTF-8 bytes
+    assert seen == {"PATH_INFO": "/bucket/folder/a?b c\xe2\x82\xac", "QUERY_STRING": "list-type=2", "RAW_URI": target}
+
+
+def test_s3_keys_and_metadata_names_arrive_as_sent(session_cloud):
+    (s3,) = clients(session_cloud, "s3")
+    s3.create_bucket(Bucket="http-serving")
+    key = "raw/a%2Fb?c=d e"
+    s3.put_object(Bucket="http-serving", Key=key, Body=b"a,b\n", Metadata={"upload_status": "done", "Owner": "ada"})
+    head = s3.head_object(Bucket="http-serving", Key=key)
+    assert head["Metadata"] == {"upload_status": "done", "owner": "ada"}  # S3 answers metadata names in lower case
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="http-serving", Prefix="raw/")["Contents"]] == [key]
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed (Azurite)")

@@ -25,8 +25,10 @@ How it is configured, and why:
 - Headers with `_` reach the app, but WSGI names them all `HTTP_<NAME>` with `-` and `_` both written `_`, so a
   handler cannot tell `upload_status` from `upload-status`. The server also records each header's name as the
   client sent it, in environ[SENT_HEADER_NAMES]; `header_name` reads it (the Azure Blob proxy forwards by it). moto
-  reads headers through werkzeug from the WSGI keys, so S3 user metadata `x-amz-meta-a_b` comes back as `a-b`
-  (werkzeug's development server dropped it); real S3 keeps `a_b`.
+  reads headers from the WSGI keys too, except the names listed in its own environ key (`aws/gateway.py` fills it
+  for S3 metadata from these).
+- PATH_INFO is wholly percent-decoded, `%2F` included, as werkzeug did (cheroot on its own leaves `%2F` encoded);
+  a handler that needs the path as sent reads REQUEST_URI, or RAW_URI (the same, under werkzeug's name).
 - Starting the pool costs about 0.5 ms a thread; it runs in the serving thread, and connections made meanwhile
   wait in the listen backlog. A stop is seen within `expiration_interval` (0.2 s, werkzeug's poll interval here).
 """
@@ -38,6 +40,7 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote_to_bytes
 
 from cheroot import server, wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
@@ -96,7 +99,20 @@ class _Gateway(wsgi.Gateway_10):
     def get_environ(self):
         environ = super().get_environ()
         environ[SENT_HEADER_NAMES] = {cgi_key(name): name for name in self.req.header_reader.sent}
+        # the request target as it arrived, under the name werkzeug's and gunicorn's servers give it: moto matches
+        # S3 keys against it (a key with an encoded `?` or `/` is cut or split by the decoded PATH_INFO)
+        environ.setdefault("RAW_URI", environ["REQUEST_URI"])
+        environ["PATH_INFO"] = decoded_path(environ["REQUEST_URI"])
         return environ
+
+
+def decoded_path(target: str) -> str:
+    """PATH_INFO for a request target, wholly percent-decoded (as PEP 3333 and werkzeug do; cheroot leaves `%2F`
+    encoded), as WSGI's latin-1 string of the bytes."""
+    path = target.split("?", 1)[0]
+    if "://" in path:  # the absolute form a proxy sends: http://host/path
+        path = "/" + path.split("://", 1)[1].partition("/")[2]
+    return unquote_to_bytes(path).decode("latin-1")
 
 
 class _AdoptingServer(wsgi.Server):

@@ -15,10 +15,12 @@ from functools import cache
 from http import HTTPStatus
 
 from moto.backends import get_backend
+from moto.core.request import PRESERVED_HEADER_NAMES_ENVIRON_KEY, should_preserve_original_header_name
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
 from ...pricing.catalog import ServicePrices
 from ...pricing.ledger import CostLedger
+from ..http import SENT_HEADER_NAMES
 from .errors import Response, aws_error
 from .metering import request_cost
 from .persistence import MotoSnapshots
@@ -39,6 +41,15 @@ def has_moto_backend(service: str | None) -> bool:
         return False
 
 
+def keep_metadata_names(environ: dict) -> None:
+    """Tell moto the names of S3 metadata headers with `_` as the client sent them (`x-amz-meta-upload_status`),
+    which WSGI cannot tell from `-`: moto's own server does the same (its `moto.preserved_header_names`)."""
+    sent = environ.get(SENT_HEADER_NAMES, {})
+    names = {key: name for key, name in sent.items() if should_preserve_original_header_name(name)}
+    if names:
+        environ[PRESERVED_HEADER_NAMES_ENVIRON_KEY] = names
+
+
 class AwsGateway:
     def __init__(self, snapshots: MotoSnapshots, ledger: CostLedger, prices: ServicePrices, lock: threading.RLock):
         self._moto = DomainDispatcherApplication(create_backend_app)
@@ -53,6 +64,7 @@ class AwsGateway:
         self._handlers[(service, action)] = handler
 
     def __call__(self, environ: dict, start_response) -> list[bytes]:
+        keep_metadata_names(environ)
         request = classify(environ)
         try:
             status, headers, body = self._dispatch(request, environ)
