@@ -54,6 +54,11 @@ class RestGateway:
     cloud = "REST"
     request_type: type[RestRequest] = RestRequest
     error_type: type[Exception] = Exception
+    # How an unrouted request is named: "no <provider> API it serves has this path", or "(<API name>)" for a path
+    # under an API the local cloud serves in part (`served_apis`: (path regex, API name)), else "(<platform>)".
+    provider = "REST"
+    platform = "REST"
+    served_apis: list[tuple[re.Pattern, str]] = []
 
     def __init__(self):
         self._routes: list[tuple[str, re.Pattern, Callable]] = []
@@ -101,8 +106,32 @@ class RestGateway:
     def internal_error(self, exc: Exception) -> Response:
         raise NotImplementedError
 
-    def not_found(self, method: str, path: str) -> Exception:
+    def unknown_path(self, message: str) -> Exception:
+        """The error for a path under none of the APIs this cloud serves (a 404)."""
         raise NotImplementedError
 
-    def not_allowed(self, method: str, path: str) -> Exception:
+    def unimplemented(self, message: str) -> Exception:
+        """The error for an operation of a served API that the local cloud does not implement (a 501)."""
         raise NotImplementedError
+
+    # unrouted requests, named the same way on every cloud ------------------------------------------------------
+    def served_api(self, path: str) -> str | None:
+        """The name of the API the local cloud serves under `path`, or None when it serves none there."""
+        return next((name for pattern, name in self.served_apis if pattern.match(path)), None)
+
+    def not_found(self, method: str, path: str) -> Exception:
+        api = self.served_api(path)
+        if api is None:
+            return self.unknown_path(
+                f"The local cloud does not implement {method} {path}: no {self.provider} API it serves has this path."
+            )
+        return self.unimplemented(f"The local cloud does not implement {method} {path} ({api}).")
+
+    def not_allowed(self, method: str, path: str) -> Exception:
+        api = self.served_api(path) or self.platform
+        return self.unimplemented(f"The local cloud does not implement {method} {path} ({api}).")
+
+
+def served_apis(patterns: list[tuple[str, str]]) -> list[tuple[re.Pattern, str]]:
+    """`RestGateway.served_apis` from (path regex, API name) pairs."""
+    return [(re.compile(pattern), name) for pattern, name in patterns]

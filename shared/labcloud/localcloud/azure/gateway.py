@@ -18,28 +18,26 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..context import CloudContext
-from ..rest import Response, RestGateway, RestRequest
+from ..rest import Response, RestGateway, RestRequest, served_apis
 
 log = logging.getLogger(__name__)
 
 ADMIN_PREFIX = "/_labcloud/azure"
 
 # The Azure APIs the local cloud serves, by the paths their clients call.
-_SERVED_APIS = [
-    (re.compile(pattern), name)
-    for pattern, name in [
+SERVED_APIS = served_apis(
+    [
         (r"^/mferp/managementfrontend/subscriptions/", "Azure Machine Learning"),
         (r"^/history/v1\.0/", "Azure Machine Learning run history"),
         (r"^/data/v1\.0/", "Azure Machine Learning data"),
         (r"^/openai/", "Azure OpenAI"),
     ]
-]
+)
 
 
 class AzureRequest(RestRequest):
@@ -80,6 +78,8 @@ def json_response(data, status: int = 200, headers: list[tuple[str, str]] | None
 
 class AzureGateway(RestGateway):
     cloud = "Azure"
+    provider = platform = "Azure"
+    served_apis = SERVED_APIS
     request_type = AzureRequest
     error_type = AzureError
 
@@ -91,25 +91,11 @@ class AzureGateway(RestGateway):
             500, "InternalServerError", f"The local cloud could not handle this request: {exc}"
         ).response()
 
-    def not_found(self, method: str, path: str) -> Exception:
-        api = served_api(path)
-        if api is None:
-            message = f"The local cloud does not implement {method} {path}: no Azure API it serves has this path."
-            return AzureError(404, "ResourceNotFound", message, _unrouted_headers())
-        return not_implemented(method, path, api)
+    def unknown_path(self, message: str) -> AzureError:
+        return AzureError(404, "ResourceNotFound", message, _unrouted_headers())
 
-    def not_allowed(self, method: str, path: str) -> Exception:
-        return not_implemented(method, path, served_api(path) or "Azure")
-
-
-def served_api(path: str) -> str | None:
-    """The name of the Azure API the local cloud serves under `path`, or None when it serves none there."""
-    return next((name for pattern, name in _SERVED_APIS if pattern.match(path)), None)
-
-
-def not_implemented(method: str, path: str, api: str) -> AzureError:
-    message = f"The local cloud does not implement {method} {path} ({api})."
-    return AzureError(501, "NotImplemented", message, _unrouted_headers())
+    def unimplemented(self, message: str) -> AzureError:
+        return AzureError(501, "NotImplemented", message, _unrouted_headers())
 
 
 def _unrouted_headers() -> list[tuple[str, str]]:

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..context import CloudContext
-from ..rest import Response, RestGateway, RestRequest
+from ..rest import Response, RestGateway, RestRequest, served_apis
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +44,13 @@ _STATUS_NAMES = {
 _REASONS = {400: "invalid", 404: "notFound", 409: "duplicate", 500: "backendError", 501: "notImplemented"}
 
 # The Google APIs the local cloud serves, by the paths their clients call (Vertex polls operations under /ui/).
-_SERVED_APIS = [
-    (re.compile(pattern), name)
-    for pattern, name in [
+SERVED_APIS = served_apis(
+    [
         (r"^/(?:upload/|download/|batch/)?storage/v1(?:/|$)", "Cloud Storage JSON API"),
         (r"^/(?:upload/)?bigquery/v2(?:/|$)", "BigQuery API"),
         (r"^/(?:ui/|v1(?:beta1)?/projects/[^/]+/locations/)", "Vertex AI API"),
     ]
-]
+)
 
 
 class GcpRequest(RestRequest):
@@ -99,6 +97,8 @@ def json_response(data, status: int = 200) -> Response:
 
 class GcpGateway(RestGateway):
     cloud = "GCP"
+    provider, platform = "Google", "Google Cloud"
+    served_apis = SERVED_APIS
     request_type = GcpRequest
     error_type = GoogleError
 
@@ -112,24 +112,11 @@ class GcpGateway(RestGateway):
     def internal_error(self, exc: Exception) -> Response:
         return google_error(500, f"The local cloud could not handle this request: {exc}")
 
-    def not_found(self, method: str, path: str) -> Exception:
-        api = served_api(path)
-        if api is None:
-            message = f"The local cloud does not implement {method} {path}: no Google API it serves has this path."
-            return GoogleError(404, message, "notFound")
-        return not_implemented(method, path, api)
+    def unknown_path(self, message: str) -> GoogleError:
+        return GoogleError(404, message, "notFound")
 
-    def not_allowed(self, method: str, path: str) -> Exception:
-        return not_implemented(method, path, served_api(path) or "Google Cloud")
-
-
-def served_api(path: str) -> str | None:
-    """The name of the Google API the local cloud serves under `path`, or None when it serves none there."""
-    return next((name for pattern, name in _SERVED_APIS if pattern.match(path)), None)
-
-
-def not_implemented(method: str, path: str, api: str) -> GoogleError:
-    return GoogleError(501, f"The local cloud does not implement {method} {path} ({api}).", "notImplemented")
+    def unimplemented(self, message: str) -> GoogleError:
+        return GoogleError(501, message, "notImplemented")
 
 
 def _token(request: GcpRequest) -> Response:
