@@ -34,6 +34,21 @@ def upload_model(s3, bucket: str, files: dict[str, bytes], code: Path | None = N
     return f"s3://{bucket}/{key}"
 
 
+def pytorch_model(model_data: str, code: str):
+    """A SageMaker SDK PyTorchModel for an archive in S3, serving `inference.py` from inference_code/<code>."""
+    import sagemaker
+    from sagemaker.pytorch import PyTorchModel
+
+    return PyTorchModel(
+        model_data=model_data,
+        role=sagemaker.get_execution_role(),
+        entry_point="inference.py",
+        source_dir=str(CODE / code),
+        framework_version="2.1.0",
+        py_version="py310",
+    )
+
+
 def linear_weights(name: str, weights: list[float], bias: float, **extra) -> dict[str, bytes]:
     return {"weights.json": json.dumps({"name": name, "weights": weights, "bias": bias, **extra}).encode()}
 

@@ -24,6 +24,7 @@ from sagemaker_models import (
     linear_weights,
     meter_lines,
     model_server_pids,
+    pytorch_model,
     unique,
     upload_model,
 )
@@ -84,22 +85,13 @@ def invoke(runtime, endpoint: str, payload, **kwargs) -> tuple[dict, str]:
 
 
 def test_pytorch_model_deploys_predicts_logs_and_is_metered(bucket, tmp_path):
-    import sagemaker
     from sagemaker.deserializers import JSONDeserializer
-    from sagemaker.pytorch import PyTorchModel
     from sagemaker.serializers import JSONSerializer
 
     s3, sm, logs = boto3.client("s3"), boto3.client("sagemaker"), boto3.client("logs")
     model_data = upload_model(s3, bucket, linear_weights("linear-v1", [2.0, -1.0, 0.5], 0.25))
     endpoint = unique("my-endpoint")
-    model = PyTorchModel(
-        model_data=model_data,
-        role=sagemaker.get_execution_role(),
-        entry_point="inference.py",
-        source_dir=str(CODE / "linear"),
-        framework_version="2.1.0",
-        py_version="py310",
-    )
+    model = pytorch_model(model_data, "linear")
     predictor = model.deploy(
         initial_instance_count=2,
         instance_type="ml.g4dn.xlarge",
@@ -146,20 +138,11 @@ def test_pytorch_model_deploys_predicts_logs_and_is_metered(bucket, tmp_path):
 
 
 def test_learner_errors_are_model_errors_and_the_endpoint_keeps_serving(bucket):
-    import sagemaker
     from sagemaker.deserializers import JSONDeserializer
-    from sagemaker.pytorch import PyTorchModel
     from sagemaker.serializers import JSONSerializer
 
     s3 = boto3.client("s3")
-    model = PyTorchModel(
-        model_data=upload_model(s3, bucket, linear_weights("linear", [1.0], 0.0)),
-        role=sagemaker.get_execution_role(),
-        entry_point="inference.py",
-        source_dir=str(CODE / "linear"),
-        framework_version="2.1.0",
-        py_version="py310",
-    )
+    model = pytorch_model(upload_model(s3, bucket, linear_weights("linear", [1.0], 0.0)), "linear")
     endpoint = unique("errors")
     predictor = model.deploy(
         initial_instance_count=1,
@@ -308,21 +291,12 @@ def test_traffic_split_live_weights_target_variant_and_scaling(bucket):
 
 
 def test_data_capture_writes_sagemaker_capture_files(bucket):
-    import sagemaker
     from sagemaker.deserializers import JSONDeserializer
     from sagemaker.model_monitor import DataCaptureConfig
-    from sagemaker.pytorch import PyTorchModel
     from sagemaker.serializers import JSONSerializer
 
     s3 = boto3.client("s3")
-    model = PyTorchModel(
-        model_data=upload_model(s3, bucket, linear_weights("captured", [1.0, 1.0], 0.0)),
-        role=sagemaker.get_execution_role(),
-        entry_point="inference.py",
-        source_dir=str(CODE / "linear"),
-        framework_version="2.1.0",
-        py_version="py310",
-    )
+    model = pytorch_model(upload_model(s3, bucket, linear_weights("captured", [1.0, 1.0], 0.0)), "linear")
     endpoint = unique("captured")
     predictor = model.deploy(
         initial_instance_count=1,
@@ -380,19 +354,10 @@ def test_data_capture_writes_sagemaker_capture_files(bucket):
 
 
 def test_model_fn_raising_at_load_fails_the_endpoint(bucket):
-    import sagemaker
     from sagemaker.exceptions import UnexpectedStatusException
-    from sagemaker.pytorch import PyTorchModel
 
     sm = boto3.client("sagemaker")
-    model = PyTorchModel(
-        model_data=upload_model(boto3.client("s3"), bucket, linear_weights("broken", [1.0], 0.0)),
-        role=sagemaker.get_execution_role(),
-        entry_point="inference.py",
-        source_dir=str(CODE / "broken"),
-        framework_version="2.1.0",
-        py_version="py310",
-    )
+    model = pytorch_model(upload_model(boto3.client("s3"), bucket, linear_weights("broken", [1.0], 0.0)), "broken")
     endpoint = unique("broken")
     with pytest.raises(UnexpectedStatusException, match="cannot load weights: checksum mismatch"):
         model.deploy(initial_instance_count=1, instance_type="ml.m5.large", endpoint_name=endpoint)

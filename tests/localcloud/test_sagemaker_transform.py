@@ -22,6 +22,7 @@ from sagemaker_models import (
     linear_weights,
     meter_lines,
     model_server_pids,
+    pytorch_model,
     unique,
     upload_model,
 )
@@ -96,20 +97,10 @@ def read(s3, bucket: str, key: str) -> str:
 
 
 def test_transformer_runs_the_inference_code_on_every_object_and_writes_out_files(bucket, capsys):
-    import sagemaker
-    from sagemaker.pytorch import PyTorchModel
-
     s3, sm, logs = boto3.client("s3"), boto3.client("sagemaker"), boto3.client("logs")
     s3.put_object(Bucket=bucket, Key="in/day1.csv", Body=b"1,2\n3,4\n\n5,6\n")  # the empty line is no record
     s3.put_object(Bucket=bucket, Key="in/more/day2.csv", Body=b"0,1\n")
-    model = PyTorchModel(
-        model_data=upload_model(s3, bucket, linear_weights("scorer", *WEIGHTS)),
-        role=sagemaker.get_execution_role(),
-        entry_point="inference.py",
-        source_dir=str(CODE / "batch"),
-        framework_version="2.1.0",
-        py_version="py310",
-    )
+    model = pytorch_model(upload_model(s3, bucket, linear_weights("scorer", *WEIGHTS)), "batch")
     job = unique("nightly-scores")
     transformer = model.transformer(
         instance_count=2,
