@@ -7,8 +7,8 @@ import json
 import math
 import re
 
-import boto3
 import pytest
+from aws_clients import clients
 from botocore.exceptions import ClientError
 
 from labcloud.connect import local_environment
@@ -28,14 +28,8 @@ def cloud():
 
 @pytest.fixture(scope="module")
 def bedrock(cloud):
-    env = local_environment(cloud)
-    return boto3.client(
-        "bedrock-runtime",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name=env["AWS_DEFAULT_REGION"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
+    (client,) = clients(cloud, "bedrock-runtime")
+    return client
 
 
 def messages_body(content, max_tokens=200, **extra) -> str:
@@ -216,14 +210,8 @@ SONNET_V2 = "anthropic.claude-3-5-sonnet-20241022-v2:0"
 
 @pytest.fixture(scope="module")
 def control_plane(cloud):
-    env = local_environment(cloud)
-    return boto3.client(
-        "bedrock",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name=env["AWS_DEFAULT_REGION"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
+    (client,) = clients(cloud, "bedrock")
+    return client
 
 
 @pytest.fixture(scope="module")
