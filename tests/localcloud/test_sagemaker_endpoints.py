@@ -14,6 +14,7 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
+from aws_clients import clients
 from botocore.exceptions import ClientError
 from sagemaker_models import (
     CODE,
@@ -30,7 +31,6 @@ from sagemaker_models import (
 )
 
 import labcloud
-from labcloud.connect import local_environment
 from labcloud.localcloud import control
 
 G4DN_INFERENCE_USD_PER_HOUR = 0.736  # shared/labcloud/pricing/instances.yaml, sagemaker-inference:ml.g4dn.xlarge
@@ -448,14 +448,7 @@ def test_update_endpoint_starts_the_new_config_then_stops_the_old(bucket):
 
 
 def test_serving_endpoints_come_back_after_a_restart(own_cloud):
-    env = local_environment(own_cloud)
-    kwargs = dict(
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
-    s3, sm, runtime = (boto3.client(n, **kwargs) for n in ("s3", "sagemaker", "sagemaker-runtime"))
+    s3, sm, runtime = clients(own_cloud, "s3", "sagemaker", "sagemaker-runtime")
     s3.create_bucket(Bucket="models")
     name = unique("kept")
     model = create_linear_model(sm, s3, "models", "kept", [3.0], 1.0)
@@ -473,8 +466,7 @@ def test_serving_endpoints_come_back_after_a_restart(own_cloud):
     control.stop(Path(own_cloud.state_dir))
     assert gone(before)
     info = control.start(Path(own_cloud.state_dir), port=0)
-    kwargs["endpoint_url"] = info.url
-    sm, runtime = boto3.client("sagemaker", **kwargs), boto3.client("sagemaker-runtime", **kwargs)
+    sm, runtime = clients(info, "sagemaker", "sagemaker-runtime")
 
     assert wait_status(sm, name)["EndpointStatus"] == "InService"
     answer, _ = invoke(runtime, name, {"inputs": [2.0]})

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from aws_clients import clients
 from botocore.exceptions import ClientError
 from sagemaker_models import (
     CODE,
@@ -28,7 +29,6 @@ from sagemaker_models import (
 )
 
 import labcloud
-from labcloud.connect import local_environment
 from labcloud.localcloud import control
 from labcloud.pricing.catalog import load_catalog
 
@@ -288,14 +288,7 @@ def test_stop_transform_job_stops_the_servers(bucket):
 
 @pytest.mark.parametrize("how", ["stopped", "killed"])
 def test_a_job_running_when_the_cloud_stops_is_failed_after_the_restart(own_cloud, how):
-    env = local_environment(own_cloud)
-    kwargs = dict(
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
-    s3, sm = boto3.client("s3", **kwargs), boto3.client("sagemaker", **kwargs)
+    s3, sm = clients(own_cloud, "s3", "sagemaker")
     s3.create_bucket(Bucket="batch")
     model = batch_model(sm, s3, "batch", delay=0.5)
     s3.put_object(Bucket="batch", Key="slow/rows.csv", Body=b"1,2\n" * 200)
@@ -317,7 +310,7 @@ def test_a_job_running_when_the_cloud_stops_is_failed_after_the_restart(own_clou
         control.stop(Path(own_cloud.state_dir))
     info = control.start(Path(own_cloud.state_dir), port=0)
     assert gone(pids)
-    sm = boto3.client("sagemaker", **{**kwargs, "endpoint_url": info.url})
+    (sm,) = clients(info, "sagemaker")
     described = sm.describe_transform_job(TransformJobName=job)
     assert described["TransformJobStatus"] == "Failed"
     assert described["FailureReason"] == "the local cloud stopped while the job ran"
