@@ -35,6 +35,7 @@ How it is configured, and why:
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import threading
@@ -70,6 +71,22 @@ def header_name(environ: dict, key: str) -> str:
     if sent := environ.get(SENT_HEADER_NAMES, {}).get(key):
         return sent
     return "-".join(part.capitalize() for part in key.removeprefix("HTTP_").split("_"))
+
+
+def buffer_body(environ: dict) -> bytes:
+    """The whole request body, read from the socket and put back in memory so that it can be read again (chunked
+    bodies too); reading it again returns the same bytes."""
+    stream = environ["wsgi.input"]
+    if environ.get("wsgi.input_terminated"):
+        body = stream.read()
+    else:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        body = stream.read(length) if length > 0 else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
 
 
 class _NameRecordingHeaderReader(server.HeaderReader):

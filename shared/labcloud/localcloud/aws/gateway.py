@@ -20,7 +20,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_ba
 
 from ...pricing.catalog import ServicePrices
 from ...pricing.ledger import CostLedger
-from ..http import SENT_HEADER_NAMES
+from ..http import SENT_HEADER_NAMES, buffer_body
 from .errors import Response, aws_error
 from .metering import request_cost
 from .persistence import MotoSnapshots
@@ -99,6 +99,7 @@ class AwsGateway:
         return self._call_moto(request, environ)
 
     def _call_moto(self, request: AwsRequest, environ: dict) -> Response:
+        buffer_body(environ)  # off the socket before the lock: a slow sender must not hold up every other request
         with self._lock:  # moto's models are not thread-safe, and snapshots must see a consistent state
             changes = request.mutating and has_moto_backend(request.service)
             entry = self._snapshots.begin(request.service, request.action, environ) if changes else None

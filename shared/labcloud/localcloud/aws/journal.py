@@ -44,6 +44,8 @@ from pathlib import Path
 from moto.backends import get_backend
 from moto.moto_api._internal import mock_random
 
+from ..http import buffer_body
+
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.bin"
@@ -72,21 +74,6 @@ class Entry:
     def creates_multipart_upload(self) -> bool:
         names = [part.split("=", 1)[0] for part in self.environ.get("QUERY_STRING", "").split("&")]
         return self.service == "s3" and self.environ.get("REQUEST_METHOD") == "POST" and "uploads" in names
-
-
-def _request_body(environ: dict) -> bytes:
-    """The whole request body, put back so that moto reads it again (chunked bodies too)."""
-    stream = environ["wsgi.input"]
-    if environ.get("wsgi.input_terminated"):
-        body = stream.read()
-    else:
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        body = stream.read(length) if length > 0 else b""
-    environ["wsgi.input"] = io.BytesIO(body)
-    return body
 
 
 def _replay_environ(entry: Entry) -> dict:
@@ -143,7 +130,7 @@ class MotoJournal:
         """Capture a request before moto handles it, and seed moto's random so that a replay draws the same ids."""
         seed = int.from_bytes(os.urandom(8), "big")
         mock_random.seed(seed)
-        body = _request_body(environ)
+        body = buffer_body(environ)
         kept = {k: v for k, v in environ.items() if isinstance(v, str) and k not in _NOT_JOURNALED_HEADERS}
         return Entry(0, service, action, seed, kept, body)
 

@@ -2,6 +2,10 @@
 
 moto keeps every service's state in a module-level `BackendDict`. We pickle the dicts of the services that
 changed (at most every `interval` seconds, and once more at shutdown) and load them back in place at start.
+A snapshot pickles a whole service under the request lock, so its cost grows with what is stored (thousands of S3
+objects take tens of milliseconds): the next one waits at least SNAPSHOT_SPACING times as long as the last took,
+which keeps snapshots under a twentieth of the lock's time however much is stored. The journal makes a later
+snapshot safe; it only means more records to replay after a crash.
 Between two snapshots, each request that changes a service is in the write-ahead journal (`journal.py`, which says
 what a replay reproduces and what it does not) before it is answered; at start the journal's newer requests are
 replayed on top of the snapshots, so a `kill -9` loses nothing that was acknowledged. Each snapshot file holds the
@@ -18,6 +22,7 @@ import logging
 import os
 import pickle
 import threading
+import time
 import weakref
 from collections import defaultdict
 from pathlib import Path
@@ -50,6 +55,8 @@ class _StatePickler(pickle.Pickler):
                 return defaultdict, (type(empty), dict(obj))
         return NotImplemented
 
+
+SNAPSHOT_SPACING = 20  # the wait after a snapshot, in multiples of how long it took
 
 _FORMAT = "labcloud-moto-snapshot-2"  # (format, journal seq, backend); a bare backend is the first format
 
@@ -151,6 +158,9 @@ class MotoSnapshots:
             self._journal.close()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        wait = self._interval
+        while not self._stop.wait(wait):
             if self._dirty:
+                started = time.monotonic()
                 self.save_dirty()
+                wait = max(self._interval, SNAPSHOT_SPACING * (time.monotonic() - started))
