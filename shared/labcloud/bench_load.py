@@ -27,7 +27,8 @@ by then: it fell that far behind). Loopback only. Lambda runs with a concurrency
 `--lambda-concurrency` (default 1,000, the usual account quota; a new AWS account has 10, the local cloud's default,
 which would throttle half of a burst of 20).
 
-Options: `--duration-scale 0.1` shortens every run (a smoke test), `--rate-scale` lowers every rate and burst.
+Options: `--only s3-put-get` runs one scenario (repeatable), `--duration-scale 0.1` shortens every run (a smoke
+test), `--rate-scale` lowers every rate and burst.
 It exits 0 when it could run every scenario, whatever their verdicts (it is a report), 1 when one could not run.
 """
 
@@ -312,14 +313,20 @@ Scenario = Callable[[Lab, Plan], list[LoadResult]]
 SCENARIOS: list[Scenario] = [sagemaker_endpoint, s3_put_get, lambda_parallel]
 
 
-def run(plan: Plan, lambda_concurrency: int = DEFAULT_LAMBDA_CONCURRENCY) -> list[LoadResult]:
-    """Every scenario against a local cloud of its own, started for this run and stopped after it."""
+def scenario_name(scenario: Scenario) -> str:
+    return scenario.__name__.replace("_", "-")
+
+
+def run(
+    plan: Plan, lambda_concurrency: int = DEFAULT_LAMBDA_CONCURRENCY, scenarios: list[Scenario] = SCENARIOS
+) -> list[LoadResult]:
+    """The scenarios against a local cloud of their own, started for this run and stopped after it."""
     # the local cloud reads its Lambda limit when it starts: set it before the lab starts its cloud
     saved = os.environ.get(LAMBDA_CONCURRENCY_VARIABLE)
     os.environ[LAMBDA_CONCURRENCY_VARIABLE] = str(lambda_concurrency)
     lab = Lab()
     try:
-        return [row for scenario in SCENARIOS for row in _run_scenario(scenario, lab, plan)]
+        return [row for scenario in scenarios for row in _run_scenario(scenario, lab, plan)]
     finally:
         lab.close()
         if saved is None:
@@ -399,12 +406,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration-scale", type=float, default=1.0, help="multiply every run's duration (0.1: smoke)")
     parser.add_argument("--rate-scale", type=float, default=1.0, help="multiply every rate and burst size")
     parser.add_argument("--lambda-concurrency", type=int, default=DEFAULT_LAMBDA_CONCURRENCY)
+    names = {scenario_name(scenario): scenario for scenario in SCENARIOS}
+    parser.add_argument("--only", choices=names, action="append", help="run this scenario (repeatable); default all")
     args = parser.parse_args(argv)
     if args.duration_scale <= 0 or args.rate_scale <= 0:
         parser.error("scales must be positive")
     began = time.perf_counter()
     with sigterm_as_exit():
-        rows = run(Plan(args.duration_scale, args.rate_scale), args.lambda_concurrency)
+        chosen = [names[name] for name in args.only] if args.only else SCENARIOS
+        rows = run(Plan(args.duration_scale, args.rate_scale), args.lambda_concurrency, chosen)
     print("\n".join(table_lines(rows)))
     print("\n".join(findings(rows)) or "every scenario held at both rates")
     budgets = ", ".join(f"{kind} {_ms(budget)}" for kind, budget in LATENCY_BUDGET_S.items())

@@ -75,3 +75,10 @@ def test_a_short_run_of_every_scenario_counts_and_reports(saved_environment):
     for line, row in zip(table[2:], rows, strict=True):
         assert line.startswith(row.scenario) and line.endswith(row.verdict)
         assert re.search(rf"\s{row.sent}\s+{row.ok}\s+{row.errors}\s", line), line
+
+
+def test_only_runs_the_scenario_named(saved_environment, capsys):
+    assert bench_load.main(["--only", "s3-put-get", "--duration-scale", "0.02", "--rate-scale", "0.05"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0] for line in table[2:4]] == ["S3 put/get 1 KiB (alternating)"] * 2
+    assert not any(line.startswith(("SageMaker", "Lambda")) for line in table)
