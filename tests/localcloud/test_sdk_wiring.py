@@ -51,3 +51,16 @@ def test_the_sdks_waiter_sleeps_are_short_locally_and_its_clock_counts_them_whol
     clock.sleep(5)  # a training-job poll
     assert time.perf_counter() - before_wall < 1.0
     assert clock.time() - before_clock >= 5  # so the log tail's 30 s status checks come after three polls
+
+
+def test_the_sdks_status_messages_are_plain_stdout_lines_and_its_warnings_stay_on_stderr(wired, capsys):
+    import logging
+
+    import sagemaker.experiments  # noqa: F401  (it calls logging.basicConfig at INFO, as in a notebook)
+
+    logging.getLogger("sagemaker").info("Creating model with name: %s", "lab02-current")
+    logging.getLogger("sagemaker.image_uris").info("image_uri is not presented, retrieving image_uri ...")
+    logging.getLogger("sagemaker.session").warning("something to fix")
+    out, err = capsys.readouterr()
+    assert out == "Creating model with name: lab02-current\n"
+    assert err == "WARNING:sagemaker.session:something to fix\n"

@@ -47,8 +47,9 @@ def wire(state_dir: Path) -> dict[str, str]:
     os.environ.update(env)
     # The SDK turns on INFO logging for the whole process (basicConfig in sagemaker.experiments); keep its own
     # job messages, not botocore's "Found endpoint ... via environment_global" or the opt-out notice on every call.
-    for noisy in ("sagemaker.config", "sagemaker.telemetry", "botocore"):
+    for noisy in ("sagemaker.config", "sagemaker.telemetry", "sagemaker.image_uris", "botocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    sdk_status_to_stdout("sagemaker")
     _redirect_aws_urls()
     if os.environ.get("LABCLOUD_FAST_POLL", "1") != "0":
         after_import("sagemaker.session", _fast_sagemaker_polls)
@@ -60,6 +61,36 @@ def wire(state_dir: Path) -> dict[str, str]:
 
 def is_local() -> bool:
     return os.environ.get("LABCLOUD_BACKEND") == "local" and bool(os.environ.get("AWS_ENDPOINT_URL"))
+
+
+# --- the SDK's status messages: one plain line on stdout, not a pink stderr box --------------------------------
+
+
+class StreamAtWrite(logging.Handler):
+    """Writes records to `sys.<stream>` as it is when written: ipykernel and pytest replace it."""
+
+    def __init__(self, stream: str, level: int, form: str) -> None:
+        super().__init__(level)
+        self.stream = stream
+        self.setFormatter(logging.Formatter(form))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=getattr(sys, self.stream), flush=True)
+
+
+def sdk_status_to_stdout(logger_name: str) -> None:
+    """`logger_name`'s INFO messages ("Creating model with name: ...") as plain lines on stdout, which a notebook
+    shows as progress, and its warnings and errors on stderr: in place of the root logger's stderr handler, which
+    the SDK itself installs at INFO (`basicConfig` in sagemaker.experiments). Once per logger."""
+    logger = logging.getLogger(logger_name)
+    if any(isinstance(handler, StreamAtWrite) for handler in logger.handlers):
+        return
+    status = StreamAtWrite("stdout", logging.INFO, "%(message)s")
+    status.addFilter(lambda record: record.levelno < logging.WARNING)
+    logger.addHandler(status)
+    logger.addHandler(StreamAtWrite("stderr", logging.WARNING, "%(levelname)s:%(name)s:%(message)s"))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 # --- *.amazonaws.com -> the local cloud ----------------------------------------------------------------------

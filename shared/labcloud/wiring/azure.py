@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import urllib.request
@@ -43,6 +44,15 @@ _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopba
 
 class BlobStorageUnavailable(UserWarning):
     pass
+
+
+# Messages of the Azure ML SDK about itself that a learner can do nothing about: "Class AutoDeleteSettingSchema: This
+# is an experimental class" for schema classes the SDK builds internally on every job submit, and "Proceeding with no
+# tenant id appended to studio URL" (INFO, shown once the SageMaker SDK has turned INFO on for the whole process).
+QUIET_SDK_LOGGERS = {
+    "azure.ai.ml._utils._experimental": logging.ERROR,
+    "azure.ai.ml.operations._job_operations": logging.WARNING,
+}
 
 
 def machine_learning_environment(https_url: str | None, state_dir: Path) -> dict[str, str]:
@@ -73,6 +83,8 @@ def wire(url: str, state_dir: Path, https_url: str | None = None) -> dict[str, s
     """Set the Azure variables in this kernel (waiting for Blob storage if it is still starting); returns them."""
     env = dict(zip(OPENAI_VARIABLES, (url, LOCAL_API_KEY), strict=True))
     env.update(machine_learning_environment(https_url, state_dir))
+    for logger_name, level in QUIET_SDK_LOGGERS.items():
+        logging.getLogger(logger_name).setLevel(level)
     if os.environ.get("LABCLOUD_FAST_POLL", "1") != "0":
         after_import("azure.ai.ml.operations._job_ops_helper", _fast_stream_polls)
     blob = _wait_for_blob(Path(state_dir) / "azure")
