@@ -48,8 +48,10 @@ class BlobStorageUnavailable(UserWarning):
 
 # Messages of the Azure ML SDK about itself that a learner can do nothing about: "Class AutoDeleteSettingSchema: This
 # is an experimental class" for schema classes the SDK builds internally on every job submit, and "Proceeding with no
-# tenant id appended to studio URL" (INFO, shown once the SageMaker SDK has turned INFO on for the whole process).
+# tenant id appended to studio URL" (INFO, shown once the SageMaker SDK has turned INFO on for the whole process),
+# and OpenTelemetry's "Invalid type <class 'type'> for attribute value" for a span attribute the SDK sets itself.
 QUIET_SDK_LOGGERS = {
+    "opentelemetry.attributes": logging.ERROR,
     "azure.ai.ml._utils._experimental": logging.ERROR,
     "azure.ai.ml.operations._job_operations": logging.WARNING,
 }
