@@ -49,9 +49,11 @@ $(NODE_STAMP): package.json package-lock.json
 		echo "npm not found: Azure Blob storage (Azurite) will not be available. Install Node.js 20+ and run make again."; \
 	fi
 
+# The whole project is JupyterLab's root (solutions/ and the README open from it); it starts in labs/. A directory
+# given as the last argument would replace the root instead.
 lab: $(STAMP) $(NODE_STAMP)
 	$(LABCLOUD) up
-	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.root_dir=$(CURDIR) labs/
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/labs
 
 test: $(STAMP) $(NODE_STAMP) lint
 	$(PY) -m pytest
