@@ -99,10 +99,10 @@ class AwsGateway:
         return self._call_moto(request, environ)
 
     def _call_moto(self, request: AwsRequest, environ: dict) -> Response:
-        buffer_body(environ)  # off the socket before the lock: a slow sender must not hold up every other request
+        body = buffer_body(environ)  # off the socket before the lock: a slow sender must not hold up every request
         with self._lock:  # moto's models are not thread-safe, and snapshots must see a consistent state
             changes = request.mutating and has_moto_backend(request.service)
-            entry = self._snapshots.begin(request.service, request.action, environ) if changes else None
+            entry = self._snapshots.begin(request.service, request.action, environ, body) if changes else None
             status, headers, body = self._moto_answer(environ)
             if entry is not None:  # in the journal before the answer goes back: a crash cannot lose it
                 self._snapshots.acknowledge(entry, status, body)

@@ -44,8 +44,6 @@ from pathlib import Path
 from moto.backends import get_backend
 from moto.moto_api._internal import mock_random
 
-from ..http import buffer_body
-
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.bin"
@@ -126,11 +124,11 @@ class MotoJournal:
 
     # -- while serving --
 
-    def begin(self, service: str, action: str | None, environ: dict) -> Entry:
-        """Capture a request before moto handles it, and seed moto's random so that a replay draws the same ids."""
+    def begin(self, service: str, action: str | None, environ: dict, body: bytes) -> Entry:
+        """Capture a request (its `body` already read, `http.buffer_body`) before moto handles it, and seed moto's
+        random so that a replay draws the same ids."""
         seed = int.from_bytes(os.urandom(8), "big")
         mock_random.seed(seed)
-        body = buffer_body(environ)
         kept = {k: v for k, v in environ.items() if isinstance(v, str) and k not in _NOT_JOURNALED_HEADERS}
         return Entry(0, service, action, seed, kept, body)
 

@@ -116,10 +116,10 @@ class MotoSnapshots:
         if service:
             self._dirty.add(service)
 
-    def begin(self, service: str, action: str | None, environ: dict) -> Entry:
+    def begin(self, service: str, action: str | None, environ: dict, body: bytes) -> Entry:
         """Capture a request that may change `service` before moto sees it (call under the lock)."""
         self._dirty.add(service)
-        return self._journal.begin(service, action, environ)
+        return self._journal.begin(service, action, environ, body)
 
     def acknowledge(self, entry: Entry, status: int, answer: bytes) -> None:
         """Journal the request moto has answered, before the answer goes back (call under the lock)."""
