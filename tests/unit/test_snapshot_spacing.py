@@ -2,6 +2,7 @@
 
 import threading
 import time
+from itertools import pairwise
 
 from labcloud.localcloud.aws import persistence
 from labcloud.localcloud.aws.persistence import MotoSnapshots
@@ -24,7 +25,7 @@ def test_the_next_snapshot_waits_spacing_times_as_long_as_the_last_took(tmp_path
     time.sleep(1.5)
     snapshots.stop()
     ended.pop()  # the one stop() saves at once
-    gaps = [later - earlier for earlier, later in zip(ended, ended[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in pairwise(ended)]
     assert gaps, "at least two snapshots in 1.5 s"
     # each gap is the wait (at least SPACING x the snapshot's duration) plus the next snapshot itself
     assert min(gaps) >= persistence.SNAPSHOT_SPACING * SNAPSHOT_S
